@@ -1,0 +1,49 @@
+/// The distribution spec's error codes (plus distribution's RANGE_INVALID and
+/// UNAVAILABLE), each with the HTTP status it is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BlobUnknown,
+    DigestInvalid,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    RangeInvalid,
+    Unauthorized,
+    Denied,
+    Unsupported,
+    TooManyRequests,
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
+            ErrorCode::DigestInvalid => "DIGEST_INVALID",
+            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
+            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
+            ErrorCode::NameInvalid => "NAME_INVALID",
+            ErrorCode::NameUnknown => "NAME_UNKNOWN",
+            ErrorCode::RangeInvalid => "RANGE_INVALID",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Denied => "DENIED",
+            ErrorCode::Unsupported => "UNSUPPORTED",
+            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+        }
+    }
+
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::DigestInvalid | ErrorCode::ManifestInvalid | ErrorCode::NameInvalid => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Denied => 403,
+            ErrorCode::BlobUnknown | ErrorCode::ManifestUnknown | ErrorCode::NameUnknown => 404,
+            ErrorCode::Unsupported => 405,
+            ErrorCode::RangeInvalid => 416,
+            ErrorCode::TooManyRequests => 429,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+}
