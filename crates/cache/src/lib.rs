@@ -1,1 +1,133 @@
-pub fn _x() {}
+//! The pull-through engine: serve a blob or manifest from the fastest tier
+//! that has it (memory, local disk, a download already under way), else
+//! fetch it once from the upstream while streaming it to every client that
+//! asks; resolve tags with TTL-bounded revalidation and stale serving.
+
+mod blob;
+mod body;
+mod inflight;
+mod keyed_lock;
+mod manifest;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use meta::{Meta, MetaError, TagKey};
+use oci::Digest;
+use store::{DiskStore, MemoryStore, StoreError};
+use upstream::{Upstream, UpstreamError};
+
+pub use blob::BlobHit;
+pub use manifest::ManifestHit;
+
+/// A body streamed to the client; an error ends the response early.
+pub type BodyStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// A response body: whole bytes from memory, or a stream.
+pub enum Body {
+    Full(Bytes),
+    Stream(BodyStream),
+}
+
+/// Which tier answered, for metrics and the request log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    Memory,
+    Disk,
+    /// Joined a download another request started.
+    Inflight,
+    Upstream,
+    /// A tag served past its TTL because the upstream failed.
+    Stale,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Disk => "disk",
+            Tier::Inflight => "inflight",
+            Tier::Upstream => "upstream",
+            Tier::Stale => "stale",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("metadata: {0}")]
+    Meta(#[from] MetaError),
+    #[error("upstream body: {0}")]
+    UpstreamBody(String),
+    #[error("manifest from upstream is invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest digest mismatch: expected {expected}, got {actual}")]
+    ManifestDigestMismatch { expected: Digest, actual: Digest },
+    #[error("manifest media type {media_type} is not in the request's accept list")]
+    NotAcceptable { media_type: String },
+    #[error("range not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+}
+
+/// Limits that apply to every upstream.
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    /// How long past its TTL a tag may be served while its upstream fails.
+    pub max_stale: Duration,
+    /// Manifests are read whole, so their size is bounded.
+    pub max_manifest_bytes: u64,
+}
+
+/// An upstream as the cache sees it: the client and its tag TTL.
+pub struct Source {
+    pub upstream: Upstream,
+    pub tag_ttl: Duration,
+}
+
+pub struct Cache {
+    memory: MemoryStore,
+    disk: DiskStore,
+    meta: Arc<Meta>,
+    inflight: Arc<inflight::Inflight>,
+    manifest_locks: keyed_lock::KeyedLocks<Digest>,
+    tag_locks: keyed_lock::KeyedLocks<TagKey>,
+    settings: CacheSettings,
+}
+
+impl Cache {
+    pub fn new(memory: MemoryStore, disk: DiskStore, meta: Arc<Meta>, settings: CacheSettings) -> Self {
+        Cache {
+            inflight: Arc::new(inflight::Inflight::new(Arc::clone(&meta))),
+            memory,
+            disk,
+            meta,
+            manifest_locks: keyed_lock::KeyedLocks::new(),
+            tag_locks: keyed_lock::KeyedLocks::new(),
+            settings,
+        }
+    }
+}
+
+/// Drops blobs the disk tier evicted from the index, so it stays truthful.
+async fn forget_evicted(meta: &Meta, evicted: Vec<Digest>) {
+    if evicted.is_empty() {
+        return;
+    }
+    tracing::debug!(count = evicted.len(), "disk tier evicted objects");
+    if let Err(e) = meta
+        .propose(meta::Command::RemoveEntries { digests: evicted })
+        .await
+    {
+        tracing::warn!(error = %e, "removing evicted objects from the index failed");
+    }
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}

@@ -1,5 +1,5 @@
-/// The distribution spec's error codes (plus distribution's RANGE_INVALID and
-/// UNAVAILABLE), each with the HTTP status it is answered with.
+/// The distribution spec's error codes (plus distribution's RANGE_INVALID,
+/// UNAVAILABLE and UNKNOWN), each with the HTTP status it is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     BlobUnknown,
@@ -8,12 +8,15 @@ pub enum ErrorCode {
     ManifestUnknown,
     NameInvalid,
     NameUnknown,
+    PaginationNumberInvalid,
     RangeInvalid,
+    TagInvalid,
     Unauthorized,
     Denied,
     Unsupported,
     TooManyRequests,
     Unavailable,
+    Unknown,
 }
 
 impl ErrorCode {
@@ -25,18 +28,25 @@ impl ErrorCode {
             ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
             ErrorCode::NameInvalid => "NAME_INVALID",
             ErrorCode::NameUnknown => "NAME_UNKNOWN",
+            ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
+            ErrorCode::TagInvalid => "TAG_INVALID",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Unknown => "UNKNOWN",
         }
     }
 
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::DigestInvalid | ErrorCode::ManifestInvalid | ErrorCode::NameInvalid => 400,
+            ErrorCode::DigestInvalid
+            | ErrorCode::ManifestInvalid
+            | ErrorCode::NameInvalid
+            | ErrorCode::PaginationNumberInvalid
+            | ErrorCode::TagInvalid => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Denied => 403,
             ErrorCode::BlobUnknown | ErrorCode::ManifestUnknown | ErrorCode::NameUnknown => 404,
@@ -44,6 +54,7 @@ impl ErrorCode {
             ErrorCode::RangeInvalid => 416,
             ErrorCode::TooManyRequests => 429,
             ErrorCode::Unavailable => 503,
+            ErrorCode::Unknown => 500,
         }
     }
 }

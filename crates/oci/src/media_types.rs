@@ -31,14 +31,13 @@ pub fn accepts<'a>(accept_values: impl IntoIterator<Item = &'a str>, media_type:
             if range == "*/*" || range.eq_ignore_ascii_case(media_type) {
                 return true;
             }
-            if let Some(top) = range.strip_suffix("/*") {
-                if media_type
+            if let Some(top) = range.strip_suffix("/*")
+                && media_type
                     .split('/')
                     .next()
                     .is_some_and(|t| t.eq_ignore_ascii_case(top))
-                {
-                    return true;
-                }
+            {
+                return true;
             }
         }
     }

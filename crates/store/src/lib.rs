@@ -1,1 +1,39 @@
-pub fn _x() {}
+//! Content tiers: a byte-bounded memory tier for manifests and small blobs,
+//! and a byte-bounded local disk tier with least-recently-used eviction.
+//! Content only enters the disk tier through [`BlobWriter`], which hashes
+//! while writing and commits only when the digest matches.
+
+mod disk;
+mod lru;
+mod memory;
+mod writer;
+
+pub use disk::DiskStore;
+pub use memory::{MemoryObject, MemoryStore};
+pub use writer::{BlobWriter, Committed};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("io error on {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        expected: oci::Digest,
+        actual: oci::Digest,
+    },
+    #[error("blob writer task failed: {0}")]
+    Task(String),
+}
+
+impl StoreError {
+    fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,122 @@
+use std::sync::Arc;
+
+use oci::{ByteRange, Digest, RepoName};
+use store::MemoryObject;
+use tokio::io::AsyncReadExt;
+
+use crate::body::{counted, file_range};
+use crate::{Body, Cache, CacheError, Source, Tier};
+
+/// A blob ready to send: `size` is the whole blob's, `span` the half-open
+/// byte range sent when the request had a satisfiable Range.
+pub struct BlobHit {
+    pub size: u64,
+    pub span: Option<(u64, u64)>,
+    pub body: Body,
+    pub tier: Tier,
+}
+
+impl Cache {
+    /// Serves a blob from the fastest tier, else joins or starts its download.
+    pub async fn blob(
+        &self,
+        src: &Source,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobHit, CacheError> {
+        let hit = self.blob_from_tiers(src, repo, digest, range).await?;
+        self.meta.record_access(digest);
+        metrics::counter!("regcache_cache_requests_total", "kind" => "blob", "tier" => hit.tier.as_str())
+            .increment(1);
+        Ok(BlobHit {
+            body: counted(hit.body, hit.tier),
+            ..hit
+        })
+    }
+
+    async fn blob_from_tiers(
+        &self,
+        src: &Source,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobHit, CacheError> {
+        if let Some(object) = self.memory.get(digest).await {
+            return from_bytes(object.bytes, range, Tier::Memory);
+        }
+        // Twice at most: a download may commit between the disk lookup and
+        // joining it, and then the disk has it.
+        for _ in 0..2 {
+            if let Some(hit) = self.blob_from_disk(digest, range).await? {
+                return Ok(hit);
+            }
+            let Some((download, joined)) =
+                self.inflight
+                    .join_or_start(&self.disk, &src.upstream, repo, digest)?
+            else {
+                continue;
+            };
+            let size = download.size().await?;
+            let (start, end) = span_of(range, size)?;
+            return Ok(BlobHit {
+                size,
+                span: range.map(|_| (start, end)),
+                body: Body::Stream(download.follow(start, end)),
+                tier: if joined { Tier::Inflight } else { Tier::Upstream },
+            });
+        }
+        Err(CacheError::UpstreamBody(
+            "blob vanished from the disk tier while being served".into(),
+        ))
+    }
+
+    async fn blob_from_disk(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<Option<BlobHit>, CacheError> {
+        let Some((mut file, size)) = self.disk.open_blob(digest).await? else {
+            return Ok(None);
+        };
+        if self.memory.admits(size) {
+            let mut bytes = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut bytes)
+                .await
+                .map_err(|e| CacheError::UpstreamBody(e.to_string()))?;
+            let bytes = bytes::Bytes::from(bytes);
+            let object = MemoryObject {
+                bytes: bytes.clone(),
+                media_type: None,
+            };
+            self.memory.insert(digest.clone(), object).await;
+            return from_bytes(bytes, range, Tier::Disk).map(Some);
+        }
+        let (start, end) = span_of(range, size)?;
+        let file = Arc::new(file.into_std().await);
+        Ok(Some(BlobHit {
+            size,
+            span: range.map(|_| (start, end)),
+            body: Body::Stream(file_range(file, start, end, None)),
+            tier: Tier::Disk,
+        }))
+    }
+}
+
+fn span_of(range: Option<ByteRange>, size: u64) -> Result<(u64, u64), CacheError> {
+    match range {
+        None => Ok((0, size)),
+        Some(r) => r.resolve(size).ok_or(CacheError::RangeNotSatisfiable { size }),
+    }
+}
+
+fn from_bytes(bytes: bytes::Bytes, range: Option<ByteRange>, tier: Tier) -> Result<BlobHit, CacheError> {
+    let size = bytes.len() as u64;
+    let (start, end) = span_of(range, size)?;
+    Ok(BlobHit {
+        size,
+        span: range.map(|_| (start, end)),
+        body: Body::Full(bytes.slice(start as usize..end as usize)),
+        tier,
+    })
+}

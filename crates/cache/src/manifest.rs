@@ -1,0 +1,285 @@
+use bytes::Bytes;
+use meta::{Command, Entry, EntryKind, TagKey, TagRecord};
+use oci::{Digest, Reference, RepoName, Tag, media_types, parse_manifest};
+use store::MemoryObject;
+use tokio::io::AsyncReadExt;
+use tracing::warn;
+
+use crate::{Cache, CacheError, Source, Tier, forget_evicted, unix_now};
+
+/// A manifest ready to send, with the exact bytes and media type the
+/// upstream gave (never re-serialized, so its digest holds).
+#[derive(Clone, Debug)]
+pub struct ManifestHit {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+    pub tier: Tier,
+}
+
+impl Cache {
+    /// Serves a manifest by tag or digest. `accept` holds the request's
+    /// Accept header values; the stored media type must be among them.
+    pub async fn manifest(
+        &self,
+        src: &Source,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<ManifestHit, CacheError> {
+        let hit = match reference {
+            Reference::Digest(digest) => self.manifest_by_digest(src, repo, digest).await?,
+            Reference::Tag(tag) => self.manifest_by_tag(src, repo, tag).await?,
+        };
+        self.meta.record_access(&hit.digest);
+        metrics::counter!("regcache_cache_requests_total", "kind" => "manifest", "tier" => hit.tier.as_str())
+            .increment(1);
+        if !media_types::accepts(accept.iter().copied(), &hit.media_type) {
+            return Err(CacheError::NotAcceptable {
+                media_type: hit.media_type,
+            });
+        }
+        Ok(hit)
+    }
+
+    /// Manifests by digest are immutable: once stored, never asked upstream again.
+    async fn manifest_by_digest(
+        &self,
+        src: &Source,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<ManifestHit, CacheError> {
+        if let Some(hit) = self.stored_manifest(digest).await? {
+            return Ok(hit);
+        }
+        let _fetching = self.manifest_locks.lock(digest).await;
+        if let Some(hit) = self.stored_manifest(digest).await? {
+            return Ok(hit);
+        }
+        let reference = Reference::Digest(digest.clone());
+        let fetched = src
+            .upstream
+            .get_manifest(
+                repo,
+                &reference,
+                media_types::ALL_MANIFESTS,
+                self.settings.max_manifest_bytes,
+            )
+            .await?;
+        verify(src, digest, &fetched.bytes)?;
+        self.store_manifest(digest, fetched.bytes, &fetched.media_type)
+            .await
+    }
+
+    async fn stored_manifest(&self, digest: &Digest) -> Result<Option<ManifestHit>, CacheError> {
+        if let Some(MemoryObject {
+            bytes,
+            media_type: Some(media_type),
+        }) = self.memory.get(digest).await
+        {
+            let digest = digest.clone();
+            return Ok(Some(ManifestHit {
+                digest,
+                media_type,
+                bytes,
+                tier: Tier::Memory,
+            }));
+        }
+        let Some((mut file, size)) = self.disk.open_blob(digest).await? else {
+            return Ok(None);
+        };
+        if size > self.settings.max_manifest_bytes {
+            return Err(CacheError::ManifestInvalid(format!(
+                "stored object of {size} bytes is not a manifest"
+            )));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut bytes)
+            .await
+            .map_err(|e| CacheError::UpstreamBody(e.to_string()))?;
+        let bytes = Bytes::from(bytes);
+        let media_type = match self.meta.entry(digest)?.and_then(|e| e.media_type) {
+            Some(media_type) => media_type,
+            None => {
+                parse_manifest(None, &bytes)
+                    .map_err(|e| CacheError::ManifestInvalid(e.to_string()))?
+                    .media_type
+            }
+        };
+        let object = MemoryObject {
+            bytes: bytes.clone(),
+            media_type: Some(media_type.clone()),
+        };
+        self.memory.insert(digest.clone(), object).await;
+        Ok(Some(ManifestHit {
+            digest: digest.clone(),
+            media_type,
+            bytes,
+            tier: Tier::Disk,
+        }))
+    }
+
+    async fn store_manifest(
+        &self,
+        digest: &Digest,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<ManifestHit, CacheError> {
+        let info = parse_manifest(Some(content_type), &bytes)
+            .map_err(|e| CacheError::ManifestInvalid(e.to_string()))?;
+        let mut writer = self.disk.writer(digest)?;
+        writer.append(bytes.clone()).await?;
+        let committed = writer.commit().await?;
+        let object = MemoryObject {
+            bytes: bytes.clone(),
+            media_type: Some(info.media_type.clone()),
+        };
+        self.memory.insert(digest.clone(), object).await;
+        let entry = Entry {
+            size: committed.size,
+            kind: EntryKind::Manifest,
+            media_type: Some(info.media_type.clone()),
+            refs: info.references,
+            last_access: unix_now().as_secs(),
+            object_key: None,
+        };
+        self.meta
+            .propose(Command::PutEntry {
+                digest: digest.clone(),
+                entry,
+            })
+            .await?;
+        forget_evicted(&self.meta, committed.evicted).await;
+        Ok(ManifestHit {
+            digest: digest.clone(),
+            media_type: info.media_type,
+            bytes,
+            tier: Tier::Upstream,
+        })
+    }
+
+    /// Serves a tag's manifest from its record while fresh; past the TTL,
+    /// revalidates with a HEAD (free on Docker Hub) and fetches only a
+    /// changed digest; serves the old digest while the upstream fails, for
+    /// up to `max_stale`. One revalidation per tag at a time.
+    async fn manifest_by_tag(
+        &self,
+        src: &Source,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<ManifestHit, CacheError> {
+        let key = TagKey {
+            upstream: src.upstream.name().to_owned(),
+            repo: repo.as_str().to_owned(),
+            tag: tag.as_str().to_owned(),
+        };
+        let ttl_ms = src.tag_ttl.as_millis() as u64;
+        let fresh = |r: &TagRecord| unix_now().as_millis() as u64 <= r.checked_at_ms.saturating_add(ttl_ms);
+        if let Some(record) = self.meta.tag(&key)?.filter(fresh) {
+            return self.manifest_by_digest(src, repo, &record.digest).await;
+        }
+        let _revalidating = self.tag_locks.lock(&key).await;
+        let record = self.meta.tag(&key)?;
+        if let Some(record) = record.as_ref().filter(|r| fresh(r)) {
+            return self.manifest_by_digest(src, repo, &record.digest).await;
+        }
+        let error = match self.revalidate(src, repo, tag, &key, record.is_some()).await {
+            Ok(hit) => return Ok(hit),
+            Err(e) => e,
+        };
+        let stale_limit = ttl_ms.saturating_add(self.settings.max_stale.as_millis() as u64);
+        let servable =
+            |r: &&TagRecord| unix_now().as_millis() as u64 <= r.checked_at_ms.saturating_add(stale_limit);
+        match (&error, record.as_ref().filter(servable)) {
+            (CacheError::Upstream(e), Some(record)) if e.is_unavailable() => {
+                warn!(upstream = src.upstream.name(), repo = %repo, tag = %tag, error = %e, "serving stale tag");
+                metrics::counter!("regcache_stale_tags_served_total", "upstream" => key.upstream.clone())
+                    .increment(1);
+                let hit = self.manifest_by_digest(src, repo, &record.digest).await?;
+                Ok(ManifestHit {
+                    tier: Tier::Stale,
+                    ..hit
+                })
+            }
+            _ => Err(error),
+        }
+    }
+
+    async fn revalidate(
+        &self,
+        src: &Source,
+        repo: &RepoName,
+        tag: &Tag,
+        key: &TagKey,
+        known: bool,
+    ) -> Result<ManifestHit, CacheError> {
+        let reference = Reference::Tag(tag.clone());
+        if known {
+            let head = src
+                .upstream
+                .head_manifest(repo, &reference, media_types::ALL_MANIFESTS)
+                .await?;
+            if let Some(digest) = head.digest {
+                let hit = self.manifest_by_digest(src, repo, &digest).await?;
+                self.set_tag(key, &hit).await?;
+                return Ok(hit);
+            }
+        }
+        let fetched = src
+            .upstream
+            .get_manifest(
+                repo,
+                &reference,
+                media_types::ALL_MANIFESTS,
+                self.settings.max_manifest_bytes,
+            )
+            .await?;
+        let digest = match fetched.digest_header {
+            Some(claimed) => {
+                verify(src, &claimed, &fetched.bytes)?;
+                claimed
+            }
+            None => Digest::sha256_of(&fetched.bytes),
+        };
+        let hit = match self.stored_manifest(&digest).await? {
+            Some(hit) => hit,
+            None => {
+                self.store_manifest(&digest, fetched.bytes, &fetched.media_type)
+                    .await?
+            }
+        };
+        self.set_tag(key, &hit).await?;
+        Ok(hit)
+    }
+
+    async fn set_tag(&self, key: &TagKey, hit: &ManifestHit) -> Result<(), CacheError> {
+        let record = TagRecord {
+            digest: hit.digest.clone(),
+            media_type: hit.media_type.clone(),
+            checked_at_ms: unix_now().as_millis() as u64,
+        };
+        self.meta
+            .propose(Command::SetTag {
+                key: key.clone(),
+                record,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Checks manifest bytes against the digest they were asked or announced by.
+fn verify(src: &Source, expected: &Digest, bytes: &[u8]) -> Result<(), CacheError> {
+    let mut hasher = expected.hasher();
+    hasher.update(bytes);
+    let actual = hasher.finish();
+    if &actual != expected {
+        metrics::counter!("regcache_digest_mismatch_total", "upstream" => src.upstream.name().to_owned())
+            .increment(1);
+        return Err(CacheError::ManifestDigestMismatch {
+            expected: expected.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! The commands that change metadata and the records they carry.
+//!
+//! Everything here crosses the (future) Raft log, so it is plain data: every
+//! time is inside the command, never read by whoever applies it.
+
+use oci::Digest;
+use serde::{Deserialize, Serialize};
+
+/// One change to the metadata state, applied in log order on every replica.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum Command {
+    /// Record (or refresh) what a tag points to; `checked_at_ms` is when the
+    /// upstream last confirmed it.
+    SetTag { key: TagKey, record: TagRecord },
+    /// Add a digest-addressed object to the content index. Idempotent:
+    /// re-putting keeps the newest `last_access`, and keeps a known
+    /// `object_key` when the new entry has none.
+    PutEntry { digest: Digest, entry: Entry },
+    /// A batch of last-access times (unix seconds); only moves times forward;
+    /// unknown digests are ignored.
+    Touch { accesses: Vec<(Digest, u64)> },
+    /// Drop entries from the index (eviction / GC commit); unknown digests
+    /// are ignored.
+    RemoveEntries { digests: Vec<Digest> },
+}
+
+impl Command {
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::SetTag { .. } => "set_tag",
+            Command::PutEntry { .. } => "put_entry",
+            Command::Touch { .. } => "touch",
+            Command::RemoveEntries { .. } => "remove_entries",
+        }
+    }
+}
+
+/// Identifies a tag of one repository on one upstream. None of the parts may
+/// contain a NUL byte: NUL separates them in the stored key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TagKey {
+    pub upstream: String,
+    pub repo: String,
+    pub tag: String,
+}
+
+/// What a tag resolved to, and when the upstream last said so.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TagRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    pub checked_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum EntryKind {
+    Manifest,
+    Blob,
+}
+
+/// One digest-addressed object in the content index.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    pub size: u64,
+    pub kind: EntryKind,
+    pub media_type: Option<String>,
+    /// Digests a manifest references (empty for blobs): GC keeps them alive
+    /// while the manifest is retained.
+    pub refs: Vec<Digest>,
+    /// Unix seconds, coarse: moved forward by batched `Touch` commands.
+    pub last_access: u64,
+    /// Where the object lives in the shared object store, once uploaded.
+    pub object_key: Option<String>,
+}

@@ -1,0 +1,269 @@
+//! The state machine: applies commands, in log order, to the redb tables.
+//!
+//! It is the part Raft will drive unchanged: the log hands it `(index,
+//! command)` pairs and asks for snapshots. Apply is a pure function of the
+//! current state and the command (no clock, no randomness), so every replica
+//! that applies the same log holds the same state.
+
+use std::path::Path;
+
+use oci::Digest;
+use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, WriteTransaction};
+use tracing::debug;
+
+use crate::tables::{self, ENTRIES, META, TAGS, Totals};
+use crate::{Command, Entry, MetaError, TagKey, TagRecord};
+
+/// Counts for tools and the status page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetaStats {
+    pub tags: u64,
+    pub manifests: u64,
+    pub manifest_bytes: u64,
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    /// The log index of the last applied command; `None` before the first.
+    pub last_applied: Option<u64>,
+}
+
+impl MetaStats {
+    pub fn entries(&self) -> u64 {
+        self.manifests + self.blobs
+    }
+}
+
+/// Tags and the content index in one redb file, plus the last applied index,
+/// all changed together so a crash never separates them.
+pub struct StateMachine {
+    pub(crate) db: Database,
+}
+
+impl StateMachine {
+    /// Opens (creates) the database, and its directory, at `path`.
+    pub fn open(path: &Path) -> Result<StateMachine, MetaError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| MetaError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let db = Database::create(path).map_err(|source| MetaError::Open {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        // Creating the tables up front lets reads assume they exist.
+        let txn = db.begin_write()?;
+        txn.open_table(TAGS)?;
+        txn.open_table(ENTRIES)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(StateMachine { db })
+    }
+
+    /// Applies `cmd` as log entry `index` in one write transaction that also
+    /// records `index` as last applied. Indexes must increase; re-applying an
+    /// old one is refused, so a replayed log cannot apply a command twice.
+    ///
+    /// Durable on return, except `Touch`: it commits with
+    /// `Durability::None` (no fsync), since access times are coarse and a
+    /// crash that loses a few seconds of them costs nothing. The next durable
+    /// commit, or a clean close, persists it; a crash rolls it back together
+    /// with its index, so state and index never disagree.
+    pub fn apply(&self, index: u64, cmd: &Command) -> Result<(), MetaError> {
+        let mut txn = self.db.begin_write()?;
+        if matches!(cmd, Command::Touch { .. }) {
+            txn.set_durability(Durability::None)?;
+        }
+        apply_in(&txn, index, cmd)?;
+        txn.commit()?;
+        debug!(index, command = cmd.name(), "applied");
+        Ok(())
+    }
+
+    /// The index of the last applied command, `None` on a fresh store.
+    pub fn last_applied(&self) -> Result<Option<u64>, MetaError> {
+        let txn = self.db.begin_read()?;
+        tables::last_applied(&txn.open_table(META)?)
+    }
+
+    pub fn tag(&self, key: &TagKey) -> Result<Option<TagRecord>, MetaError> {
+        let stored = tables::tag_key(key)?;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TAGS)?;
+        match table.get(stored.as_str())? {
+            Some(guard) => tables::decode("tags", &stored, guard.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn entry(&self, digest: &Digest) -> Result<Option<Entry>, MetaError> {
+        let txn = self.db.begin_read()?;
+        tables::get_entry(&txn.open_table(ENTRIES)?, &digest.to_string())
+    }
+
+    /// All tags of one repository, ordered by tag name.
+    pub fn tags_of(&self, upstream: &str, repo: &str) -> Result<Vec<(String, TagRecord)>, MetaError> {
+        let (start, end) = tables::repo_range(upstream, repo)?;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TAGS)?;
+        let mut out = Vec::new();
+        for item in table.range::<&str>(start.as_str()..end.as_str())? {
+            let (key, value) = item?;
+            let tag = tables::decode_tag_key(key.value())?.tag;
+            out.push((tag, tables::decode("tags", key.value(), value.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> Result<MetaStats, MetaError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let totals = Totals::load(&meta)?;
+        debug_assert_eq!(
+            txn.open_table(ENTRIES)?.len()?,
+            totals.entries(),
+            "entry totals must match the index"
+        );
+        Ok(MetaStats {
+            tags: txn.open_table(TAGS)?.len()?,
+            manifests: totals.manifests,
+            manifest_bytes: totals.manifest_bytes,
+            blobs: totals.blobs,
+            blob_bytes: totals.blob_bytes,
+            last_applied: tables::last_applied(&meta)?,
+        })
+    }
+}
+
+/// Applies one command inside `txn`, the unit Raft batching can reuse.
+fn apply_in(txn: &WriteTransaction, index: u64, cmd: &Command) -> Result<(), MetaError> {
+    let mut meta = txn.open_table(META)?;
+    if let Some(last_applied) = tables::last_applied(&meta)?
+        && index <= last_applied
+    {
+        return Err(MetaError::IndexNotAfterLastApplied { index, last_applied });
+    }
+    match cmd {
+        Command::SetTag { key, record } => {
+            let stored = tables::tag_key(key)?;
+            let value = tables::encode("tag record", record)?;
+            txn.open_table(TAGS)?.insert(stored.as_str(), value.as_slice())?;
+        }
+        Command::PutEntry { digest, entry } => {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut totals = Totals::load(&meta)?;
+            let key = digest.to_string();
+            let mut merged = entry.clone();
+            if let Some(old) = tables::get_entry(&entries, &key)? {
+                merged.last_access = merged.last_access.max(old.last_access);
+                if merged.object_key.is_none() {
+                    merged.object_key = old.object_key.clone();
+                }
+                totals.sub(&old)?;
+            }
+            totals.add(&merged);
+            tables::put_entry(&mut entries, &key, &merged)?;
+            totals.store(&mut meta)?;
+        }
+        Command::Touch { accesses } => {
+            let mut entries = txn.open_table(ENTRIES)?;
+            for (digest, at) in accesses {
+                let key = digest.to_string();
+                if let Some(mut entry) = tables::get_entry(&entries, &key)?
+                    && *at > entry.last_access
+                {
+                    entry.last_access = *at;
+                    tables::put_entry(&mut entries, &key, &entry)?;
+                }
+            }
+        }
+        Command::RemoveEntries { digests } => {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut totals = Totals::load(&meta)?;
+            for digest in digests {
+                let key = digest.to_string();
+                if let Some(old) = entries.remove(key.as_str())? {
+                    totals.sub(&tables::decode("entries", &key, old.value())?)?;
+                }
+            }
+            totals.store(&mut meta)?;
+        }
+    }
+    tables::set_last_applied(&mut meta, Some(index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(last_access: u64) -> Entry {
+        Entry {
+            size: 3,
+            kind: crate::EntryKind::Blob,
+            media_type: None,
+            refs: vec![],
+            last_access,
+            object_key: None,
+        }
+    }
+
+    #[test]
+    fn indexes_must_increase() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(&dir.path().join("s.redb")).unwrap();
+        let cmd = Command::RemoveEntries { digests: vec![] };
+        sm.apply(5, &cmd).unwrap();
+        for stale in [5, 4] {
+            assert!(matches!(
+                sm.apply(stale, &cmd),
+                Err(MetaError::IndexNotAfterLastApplied { last_applied: 5, .. })
+            ));
+        }
+        // Gaps are allowed: apply checks order, the log owns contiguity.
+        sm.apply(9, &cmd).unwrap();
+        assert_eq!(sm.last_applied().unwrap(), Some(9));
+    }
+
+    #[test]
+    fn corrupt_records_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(&dir.path().join("s.redb")).unwrap();
+        let d = Digest::sha256_of(b"x");
+        sm.apply(
+            1,
+            &Command::PutEntry {
+                digest: d.clone(),
+                entry: blob(1),
+            },
+        )
+        .unwrap();
+        let txn = sm.db.begin_write().unwrap();
+        txn.open_table(ENTRIES)
+            .unwrap()
+            .insert(d.to_string().as_str(), b"{garbage".as_slice())
+            .unwrap();
+        txn.open_table(TAGS)
+            .unwrap()
+            .insert("no-separators", b"{}".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+
+        assert!(matches!(
+            sm.entry(&d),
+            Err(MetaError::Corrupt { table: "entries", .. })
+        ));
+        let touch = Command::Touch {
+            accesses: vec![(d.clone(), 9)],
+        };
+        assert!(matches!(sm.apply(2, &touch), Err(MetaError::Corrupt { .. })));
+        assert_eq!(
+            sm.last_applied().unwrap(),
+            Some(1),
+            "failed apply leaves no trace"
+        );
+        assert!(matches!(
+            sm.snapshot(std::io::sink()),
+            Err(MetaError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,46 @@
+#![allow(dead_code)] // each test binary uses a different subset
+
+use meta::{Entry, EntryKind, TagKey, TagRecord};
+use oci::Digest;
+
+pub fn digest(n: u32) -> Digest {
+    Digest::sha256_of(&n.to_be_bytes())
+}
+
+pub fn key(upstream: &str, repo: &str, tag: &str) -> TagKey {
+    TagKey {
+        upstream: upstream.into(),
+        repo: repo.into(),
+        tag: tag.into(),
+    }
+}
+
+pub fn record(n: u32, checked_at_ms: u64) -> TagRecord {
+    TagRecord {
+        digest: digest(n),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        checked_at_ms,
+    }
+}
+
+pub fn blob(size: u64, last_access: u64) -> Entry {
+    Entry {
+        size,
+        kind: EntryKind::Blob,
+        media_type: None,
+        refs: vec![],
+        last_access,
+        object_key: None,
+    }
+}
+
+pub fn manifest(size: u64, refs: Vec<Digest>, last_access: u64) -> Entry {
+    Entry {
+        size,
+        kind: EntryKind::Manifest,
+        media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+        refs,
+        last_access,
+        object_key: None,
+    }
+}

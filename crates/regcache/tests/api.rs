@@ -1,0 +1,223 @@
+//! The registry API's edges through the real binary: spec-format errors,
+//! upstream selection, ranges and tag lists.
+
+mod common;
+
+use common::{ACCEPT_ALL, Regcache, client};
+use testkit::{ImageSpec, OciLayout, Registry};
+
+struct Fixture {
+    registry: Registry,
+    cache: Regcache,
+    layer: (String, u64),
+    _data: tempfile::TempDir,
+}
+
+fn fixture(extra: &[&str]) -> Fixture {
+    let registry = Registry::start().unwrap();
+    let mut layout = OciLayout::new().unwrap();
+    let spec = ImageSpec {
+        layers: vec![3 << 20],
+        arch: "amd64".into(),
+        os: "linux".into(),
+    };
+    let image = layout.add_image("v1", &spec).unwrap();
+    for tag in ["v1", "v2", "v3"] {
+        layout
+            .push("v1", &registry, &format!("library/api:{tag}"))
+            .unwrap();
+    }
+    let data = tempfile::tempdir().unwrap();
+    let cache = Regcache::start(&registry, data.path(), extra);
+    Fixture {
+        layer: image.layer_digests[0].clone(),
+        registry,
+        cache,
+        _data: data,
+    }
+}
+
+async fn error_code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    (
+        status,
+        body["errors"][0]["code"]
+            .as_str()
+            .unwrap_or("<no spec error body>")
+            .to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_spec_errors() {
+    let f = fixture(&[]);
+    let http = client();
+    let digest = &f.layer.0;
+    let cases: &[(&str, &str, u16, &str)] = &[
+        ("GET", "/v2/Upper/manifests/v1", 400, "NAME_INVALID"),
+        ("GET", "/v2/a//b/manifests/v1", 400, "NAME_INVALID"),
+        ("GET", "/v2/a/../b/manifests/v1", 400, "NAME_INVALID"),
+        ("GET", "/v2/a%2fb/manifests/v1", 400, "NAME_INVALID"),
+        ("GET", "/v2/api/manifests/.bad", 400, "TAG_INVALID"),
+        ("GET", "/v2/api/manifests/sha256:1234", 400, "DIGEST_INVALID"),
+        (
+            "GET",
+            "/v2/api/blobs/md5:d41d8cd98f00b204e9800998ecf8427e",
+            400,
+            "DIGEST_INVALID",
+        ),
+        ("GET", "/v2/api/blobs/sha256:..%2f..%2fetc", 400, "DIGEST_INVALID"),
+        ("GET", "/v2/api/manifests/nope", 404, "MANIFEST_UNKNOWN"),
+        ("GET", "/v2/nothere/tags/list", 404, "NAME_UNKNOWN"),
+        ("PUT", "/v2/api/manifests/v1", 405, "UNSUPPORTED"),
+        ("DELETE", "/v2/api/manifests/v1", 405, "UNSUPPORTED"),
+        ("POST", "/v2/api/blobs/uploads/", 405, "UNSUPPORTED"),
+        (
+            "GET",
+            "/v2/api/manifests/v1?ns=evil.example.com",
+            404,
+            "NAME_UNKNOWN",
+        ),
+        ("GET", "/v2/api/tags/list?n=abc", 400, "PAGINATION_NUMBER_INVALID"),
+    ];
+    let zero = format!("sha256:{}", "0".repeat(64));
+    let blob_unknown = format!("/v2/api/blobs/{zero}");
+    let mut all: Vec<(&str, String, u16, &str)> = cases
+        .iter()
+        .map(|(m, p, s, c)| (*m, p.to_string(), *s, *c))
+        .collect();
+    all.push(("GET", blob_unknown, 404, "BLOB_UNKNOWN"));
+    all.push((
+        "GET",
+        format!("/v2/api/blobs/{}", digest.replace("sha256:", "sha512:")),
+        400,
+        "DIGEST_INVALID",
+    ));
+    for (method, path, status, code) in all {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = http
+            .request(method.clone(), f.cache.url(&path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(response).await,
+            (status, code.to_owned()),
+            "{method} {path}"
+        );
+    }
+    assert!(!f.cache.data_dir.join("..").join("etc").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_is_chosen_by_ns_then_path_prefix_then_default() {
+    let f = fixture(&[]);
+    let http = client();
+    for path in [
+        "/v2/api/manifests/v1?ns=docker.io",
+        "/v2/docker.io/library/api/manifests/v1",
+        "/v2/docker.io/api/manifests/v1",
+        "/v2/library/api/manifests/v1",
+    ] {
+        let response = http
+            .get(f.cache.url(path))
+            .header("accept", ACCEPT_ALL)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.headers()["oci-namespace"], "docker.io", "{path}");
+    }
+    let quay = http
+        .get(f.cache.url("/v2/quay.io/api/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    // quay.io is a built-in upstream but unreachable here: never our registry's content.
+    assert_ne!(quay.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_are_served_cold_and_warm() {
+    let f = fixture(&[]);
+    let http = client();
+    let (digest, size) = f.layer.clone();
+    let url = f.cache.url(&format!("/v2/api/blobs/{digest}"));
+    let whole = {
+        let upstream = http
+            .get(format!("{}/v2/library/api/blobs/{digest}", f.registry.url()))
+            .send()
+            .await
+            .unwrap();
+        upstream.bytes().await.unwrap()
+    };
+    assert_eq!(whole.len() as u64, size);
+    // The first request is a cold open-ended range, as containerd sends.
+    for (range, start, end) in [
+        (format!("bytes={}-", size / 2), size / 2, size),
+        ("bytes=0-9".to_string(), 0, 10),
+        ("bytes=-100".to_string(), size - 100, size),
+        (format!("bytes=10-{}", size * 2), 10, size),
+    ] {
+        let response = http.get(&url).header("range", &range).send().await.unwrap();
+        assert_eq!(response.status(), 206, "{range}");
+        let want_range = format!("bytes {start}-{}/{size}", end - 1);
+        assert_eq!(
+            response.headers()["content-range"],
+            want_range.as_str(),
+            "{range}"
+        );
+        let body = response.bytes().await.unwrap();
+        assert_eq!(body.as_ref(), &whole[start as usize..end as usize], "{range}");
+    }
+    for range in [
+        format!("bytes={size}-"),
+        "bytes=-0".to_string(),
+        "bytes=9-1".to_string(),
+        "bytes=x-y".into(),
+    ] {
+        let response = http.get(&url).header("range", &range).send().await.unwrap();
+        assert_eq!(
+            error_code(response).await,
+            (416, "RANGE_INVALID".to_owned()),
+            "{range}"
+        );
+    }
+    let multi = http
+        .get(&url)
+        .header("range", "bytes=0-1,5-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(multi.status(), 200);
+    assert_eq!(multi.bytes().await.unwrap(), whole);
+    assert_eq!(
+        f.registry.count("GET", &format!("/blobs/{digest}")),
+        2,
+        "one for the test, one for the cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_lists_pass_through_with_pagination() {
+    let f = fixture(&[]);
+    let http = client();
+    let response = http
+        .get(f.cache.url("/v2/api/tags/list?n=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let link = response.headers()["link"].to_str().unwrap().to_owned();
+    assert_eq!(link, "</v2/api/tags/list?n=2&last=v2>; rel=\"next\"");
+    let page: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(page["tags"], serde_json::json!(["v1", "v2"]));
+    let next = http
+        .get(f.cache.url("/v2/api/tags/list?n=2&last=v2"))
+        .send()
+        .await
+        .unwrap();
+    let page: serde_json::Value = next.json().await.unwrap();
+    assert_eq!(page["tags"], serde_json::json!(["v3"]));
+}

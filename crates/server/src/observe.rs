@@ -1,0 +1,67 @@
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use tracing::info;
+
+use crate::AppState;
+
+/// What a handler learned about a request, for the one log line and the
+/// metrics written when the response leaves.
+#[derive(Clone, Debug)]
+pub struct RequestInfo {
+    pub route: &'static str,
+    pub upstream: String,
+    pub repo: String,
+    pub tier: Option<&'static str>,
+}
+
+/// Counts requests by route and status, and logs one line per request.
+pub async fn log_and_count(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let info = response.extensions().get::<RequestInfo>().cloned();
+    let route = info.as_ref().map_or("other", |i| i.route);
+    metrics::counter!("regcache_http_requests_total", "route" => route, "method" => method.to_string(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("regcache_http_request_duration_seconds", "route" => route)
+        .record(elapsed.as_secs_f64());
+    match info {
+        Some(i) => info!(
+            method = %method,
+            route,
+            status,
+            upstream = %i.upstream,
+            repo = %i.repo,
+            tier = i.tier.unwrap_or("-"),
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            "request"
+        ),
+        None => info!(method = %method, route, status, duration_ms = elapsed.as_secs_f64() * 1e3, "request"),
+    }
+    response
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the metadata store answers reads.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    match state.meta.stats() {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+    }
+}

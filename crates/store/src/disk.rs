@@ -1,0 +1,180 @@
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use oci::Digest;
+use tracing::{info, warn};
+
+use crate::StoreError;
+use crate::lru::Lru;
+use crate::writer::BlobWriter;
+
+/// The local disk tier: one file per digest under
+/// `<dir>/blobs/<algorithm>/<2 hex>/<hex>`, bounded by `capacity` bytes.
+/// Files appear there only by an atomic rename of a verified temp file, so a
+/// file at a digest's path always holds exactly that digest's bytes.
+#[derive(Clone)]
+pub struct DiskStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    blobs: PathBuf,
+    tmp: PathBuf,
+    capacity: u64,
+    lru: Mutex<Lru>,
+}
+
+impl DiskStore {
+    /// Opens the tier, removing temp files of interrupted downloads and
+    /// ordering existing blobs by modification time (refreshed on use).
+    pub fn open(dir: &Path, capacity: u64) -> Result<DiskStore, StoreError> {
+        let blobs = dir.join("blobs");
+        let tmp = dir.join("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+        }
+        for d in [&blobs, &tmp] {
+            std::fs::create_dir_all(d).map_err(|e| StoreError::io(d, e))?;
+        }
+        let mut found = Vec::new();
+        scan(&blobs, &mut found)?;
+        found.sort_by_key(|(_, _, mtime)| *mtime);
+        let mut lru = Lru::default();
+        for (digest, size, _) in found {
+            lru.insert(digest, size);
+        }
+        info!(blobs = lru.len(), bytes = lru.total_bytes(), dir = %dir.display(), "disk tier opened");
+        Ok(DiskStore {
+            inner: Arc::new(Inner {
+                blobs,
+                tmp,
+                capacity,
+                lru: Mutex::new(lru),
+            }),
+        })
+    }
+
+    /// The size of a stored blob, without counting as a use.
+    pub fn size_of(&self, digest: &Digest) -> Option<u64> {
+        self.lru().size_of(digest)
+    }
+
+    /// Opens a stored blob for reading and marks it used. `None` when absent
+    /// (or evicted between the lookup and the open).
+    pub async fn open_blob(&self, digest: &Digest) -> Result<Option<(tokio::fs::File, u64)>, StoreError> {
+        let Some(size) = self.lru().touch(digest) else {
+            return Ok(None);
+        };
+        let path = self.path_of(digest);
+        match std::fs::File::open(&path) {
+            Ok(file) => {
+                // Keep the on-disk recency roughly right for the next start.
+                let _ = file.set_modified(SystemTime::now());
+                Ok(Some((tokio::fs::File::from_std(file), size)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                warn!(%digest, "blob vanished from disk tier");
+                self.lru().remove(digest);
+                Ok(None)
+            }
+            Err(e) => Err(StoreError::io(&path, e)),
+        }
+    }
+
+    /// Starts writing `digest`; nothing is visible until [`BlobWriter::commit`].
+    pub fn writer(&self, digest: &Digest) -> Result<BlobWriter, StoreError> {
+        let name = format!("{}-{:016x}", digest.hex(), rand::random::<u64>());
+        BlobWriter::create(self.clone(), digest.clone(), self.inner.tmp.join(name))
+    }
+
+    /// Removes a blob (e.g. when the index condemns it).
+    pub fn remove(&self, digest: &Digest) -> Result<(), StoreError> {
+        self.lru().remove(digest);
+        let path = self.path_of(digest);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.lru().total_bytes()
+    }
+
+    /// Moves a verified temp file into place and evicts what no longer fits.
+    pub(crate) fn install(&self, digest: &Digest, tmp: &Path, size: u64) -> Result<Vec<Digest>, StoreError> {
+        let path = self.path_of(digest);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
+        }
+        std::fs::rename(tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+        let evicted = {
+            let mut lru = self.lru();
+            lru.insert(digest.clone(), size);
+            lru.evict_to(self.inner.capacity, digest)
+        };
+        for victim in &evicted {
+            let victim_path = self.path_of(victim);
+            if let Err(e) = std::fs::remove_file(&victim_path) {
+                warn!(digest = %victim, error = %e, "evicting blob failed");
+            }
+        }
+        metrics::counter!("regcache_disk_evictions_total").increment(evicted.len() as u64);
+        metrics::gauge!("regcache_disk_bytes").set(self.used_bytes() as f64);
+        Ok(evicted)
+    }
+
+    fn path_of(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        debug_assert!(hex.len() >= 2 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        self.inner
+            .blobs
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn lru(&self) -> MutexGuard<'_, Lru> {
+        // The lock is never held across a panic-prone section; recover anyway.
+        self.inner.lru.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Collects `(digest, size, mtime)` of every blob file below `blobs`; files
+/// whose names are not digests are ignored, never deleted.
+fn scan(blobs: &Path, found: &mut Vec<(Digest, u64, SystemTime)>) -> Result<(), StoreError> {
+    let read = |p: &Path| std::fs::read_dir(p).map_err(|e| StoreError::io(p, e));
+    for algo in read(blobs)? {
+        let algo = algo.map_err(|e| StoreError::io(blobs, e))?.path();
+        let Some(algo_name) = algo.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        if !algo.is_dir() {
+            continue;
+        }
+        for shard in read(&algo)? {
+            let shard = shard.map_err(|e| StoreError::io(&algo, e))?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for file in read(&shard)? {
+                let file = file.map_err(|e| StoreError::io(&shard, e))?;
+                let name = file.file_name();
+                let Some(digest) = name
+                    .to_str()
+                    .and_then(|n| format!("{algo_name}:{n}").parse().ok())
+                else {
+                    continue;
+                };
+                let meta = file.metadata().map_err(|e| StoreError::io(&file.path(), e))?;
+                found.push((
+                    digest,
+                    meta.len(),
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use oci::{Digest, DigestHasher};
+
+use crate::{DiskStore, StoreError};
+
+/// A blob being written to the disk tier: hashed as it is written, moved
+/// into place only when the digest matches, removed otherwise (also when
+/// dropped unfinished, e.g. the upstream connection died).
+///
+/// The file is shared (positional writes and reads, no shared cursor) so
+/// that readers can follow a download while it is still running.
+pub struct BlobWriter {
+    store: DiskStore,
+    digest: Digest,
+    tmp: PathBuf,
+    file: Arc<std::fs::File>,
+    hasher: Option<DigestHasher>,
+    written: u64,
+    finished: bool,
+}
+
+/// What a successful commit did.
+#[derive(Debug)]
+pub struct Committed {
+    pub size: u64,
+    /// Blobs the disk tier evicted to make room.
+    pub evicted: Vec<Digest>,
+}
+
+impl BlobWriter {
+    pub(crate) fn create(store: DiskStore, digest: Digest, tmp: PathBuf) -> Result<Self, StoreError> {
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| StoreError::io(&tmp, e))?;
+        Ok(BlobWriter {
+            store,
+            hasher: Some(digest.hasher()),
+            digest,
+            tmp,
+            file: Arc::new(file),
+            written: 0,
+            finished: false,
+        })
+    }
+
+    /// The temp file, for readers that follow the download with `read_at`.
+    pub fn file(&self) -> Arc<std::fs::File> {
+        Arc::clone(&self.file)
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Writes and hashes `chunk` on the blocking pool; returns the new length.
+    pub async fn append(&mut self, chunk: Bytes) -> Result<u64, StoreError> {
+        let mut hasher = self
+            .hasher
+            .take()
+            .ok_or_else(|| StoreError::Task("writer already failed".into()))?;
+        let file = Arc::clone(&self.file);
+        let offset = self.written;
+        let tmp = self.tmp.clone();
+        let hasher = tokio::task::spawn_blocking(move || {
+            file.write_all_at(&chunk, offset)
+                .map_err(|e| StoreError::io(&tmp, e))?;
+            hasher.update(&chunk);
+            Ok::<_, StoreError>((hasher, chunk.len() as u64))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?;
+        let (hasher, len) = hasher?;
+        self.hasher = Some(hasher);
+        self.written += len;
+        Ok(self.written)
+    }
+
+    /// Verifies the digest, makes the bytes durable and moves them into place.
+    pub async fn commit(mut self) -> Result<Committed, StoreError> {
+        let hasher = self
+            .hasher
+            .take()
+            .ok_or_else(|| StoreError::Task("writer already failed".into()))?;
+        let actual = hasher.finish();
+        if actual != self.digest {
+            return Err(StoreError::DigestMismatch {
+                expected: self.digest.clone(),
+                actual,
+            });
+        }
+        let (store, digest, tmp, file, size) = (
+            self.store.clone(),
+            self.digest.clone(),
+            self.tmp.clone(),
+            Arc::clone(&self.file),
+            self.written,
+        );
+        let evicted = tokio::task::spawn_blocking(move || {
+            file.sync_data().map_err(|e| StoreError::io(&tmp, e))?;
+            store.install(&digest, &tmp, size)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        self.finished = true;
+        Ok(Committed { size, evicted })
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commits_only_matching_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
+        let good = Digest::sha256_of(b"hello world");
+
+        let mut w = store.writer(&good).unwrap();
+        w.append(Bytes::from_static(b"hello ")).await.unwrap();
+        w.append(Bytes::from_static(b"world")).await.unwrap();
+        let committed = w.commit().await.unwrap();
+        assert_eq!(committed.size, 11);
+        assert_eq!(store.size_of(&good), Some(11));
+
+        let wrong = Digest::sha256_of(b"something else");
+        let mut w = store.writer(&wrong).unwrap();
+        w.append(Bytes::from_static(b"not it")).await.unwrap();
+        assert!(matches!(w.commit().await, Err(StoreError::DigestMismatch { .. })));
+        assert_eq!(store.size_of(&wrong), None);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "temp file removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn evicts_beyond_capacity_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 25).unwrap();
+        let mut digests: Vec<Digest> = Vec::new();
+        for i in 0..3u8 {
+            let body = vec![i; 10];
+            let d = Digest::sha256_of(&body);
+            let mut w = store.writer(&d).unwrap();
+            w.append(Bytes::from(body)).await.unwrap();
+            let c = w.commit().await.unwrap();
+            if i == 2 {
+                assert_eq!(c.evicted, vec![digests[0].clone()]);
+            }
+            digests.push(d);
+        }
+        assert_eq!(store.used_bytes(), 20);
+        drop(store);
+        let reopened = DiskStore::open(dir.path(), 25).unwrap();
+        assert_eq!(reopened.size_of(&digests[0]), None);
+        assert_eq!(reopened.size_of(&digests[1]), Some(10));
+        let (_, size) = reopened.open_blob(&digests[2]).await.unwrap().unwrap();
+        assert_eq!(size, 10);
+    }
+
+    #[tokio::test]
+    async fn unfinished_writes_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
+        let d = Digest::sha256_of(b"x");
+        let mut w = store.writer(&d).unwrap();
+        w.append(Bytes::from_static(b"x")).await.unwrap();
+        drop(w);
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(store.open_blob(&d).await.unwrap().is_none());
+    }
+}
