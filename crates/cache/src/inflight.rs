@@ -28,7 +28,7 @@ pub(crate) enum Progress {
     Done {
         size: u64,
     },
-    Failed(Arc<str>),
+    Failed(Arc<CacheError>),
 }
 
 /// One upstream fetch of a blob, shared by every request for that digest on
@@ -120,7 +120,7 @@ impl Fetch {
                         .increment(1);
                 }
                 warn!(upstream = self.upstream.name(), repo = %self.repo, digest = %self.digest, error = %e, "blob download failed");
-                Progress::Failed(e.to_string().into())
+                Progress::Failed(Arc::new(e))
             }
         };
         self.progress.send_replace(final_state);
@@ -191,7 +191,7 @@ impl Download {
         loop {
             match &*rx.borrow_and_update() {
                 Progress::Running { size: Some(size), .. } | Progress::Done { size } => return Ok(*size),
-                Progress::Failed(e) => return Err(CacheError::UpstreamBody(e.to_string())),
+                Progress::Failed(e) => return Err(CacheError::Download(Arc::clone(e))),
                 Progress::Starting | Progress::Running { size: None, .. } => {}
             }
             if rx.changed().await.is_err() {

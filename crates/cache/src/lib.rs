@@ -57,7 +57,7 @@ impl Tier {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("upstream: {0}")]
+    #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -71,6 +71,9 @@ pub enum CacheError {
     ManifestDigestMismatch { expected: Digest, actual: Digest },
     #[error("manifest media type {media_type} is not in the request's accept list")]
     NotAcceptable { media_type: String },
+    /// A shared download failed; every request following it gets its error.
+    #[error("{0}")]
+    Download(Arc<CacheError>),
     #[error("range not satisfiable for a blob of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
 }

@@ -65,7 +65,9 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving http")?;
-    flusher.shutdown().await;
+    if let Err(e) = flusher.shutdown().await {
+        tracing::warn!(error = %e, "flushing access times at shutdown failed");
+    }
     info!("regcache stopped");
     Ok(())
 }

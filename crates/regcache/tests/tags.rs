@@ -8,13 +8,13 @@ use std::time::Duration;
 use common::{ACCEPT_ALL, Regcache, client};
 use testkit::{ImageSpec, OciLayout, Registry};
 
-async fn digest_of_tag(cache: &Regcache, tag: &str) -> reqwest::Response {
+async fn get_tag(cache: &Regcache, tag: &str) -> reqwest::Response {
     client()
         .get(cache.url(&format!("/v2/moving/manifests/{tag}")))
         .header("accept", ACCEPT_ALL)
         .send()
         .await
-        .unwrap()
+        .expect("requesting the tag")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +39,7 @@ async fn tags_revalidate_after_ttl_and_go_stale_when_upstream_fails() {
         &["--config", config.to_str().unwrap()],
     );
 
-    let r = digest_of_tag(&cache, "latest").await;
+    let r = get_tag(&cache, "latest").await;
     assert_eq!(
         r.headers()["docker-content-digest"],
         first.manifest_digest.as_str()
@@ -47,7 +47,7 @@ async fn tags_revalidate_after_ttl_and_go_stale_when_upstream_fails() {
 
     layout.push("b", &registry, "library/moving:latest").unwrap();
     registry.clear_log();
-    let r = digest_of_tag(&cache, "latest").await;
+    let r = get_tag(&cache, "latest").await;
     assert_eq!(
         r.headers()["docker-content-digest"],
         first.manifest_digest.as_str(),
@@ -56,7 +56,7 @@ async fn tags_revalidate_after_ttl_and_go_stale_when_upstream_fails() {
     assert!(registry.requests().is_empty(), "fresh tag touched the upstream");
 
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let r = digest_of_tag(&cache, "latest").await;
+    let r = get_tag(&cache, "latest").await;
     assert_eq!(
         r.headers()["docker-content-digest"],
         second.manifest_digest.as_str(),
@@ -76,7 +76,7 @@ async fn tags_revalidate_after_ttl_and_go_stale_when_upstream_fails() {
 
     registry.stop();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let r = digest_of_tag(&cache, "latest").await;
+    let r = get_tag(&cache, "latest").await;
     assert_eq!(
         r.status(),
         200,

@@ -41,13 +41,14 @@ impl ApiError {
         self
     }
 
-    pub fn from_cache(error: CacheError, subject: Subject) -> Self {
+    pub fn from_cache(error: &CacheError, subject: Subject) -> Self {
         let unknown = match subject {
             Subject::Manifest => ErrorCode::ManifestUnknown,
             Subject::Blob => ErrorCode::BlobUnknown,
             Subject::Repository => ErrorCode::NameUnknown,
         };
         match error {
+            CacheError::Download(shared) => Self::from_cache(shared, subject),
             CacheError::Upstream(e) => Self::from_upstream(e, unknown),
             CacheError::NotAcceptable { media_type } => ApiError::new(
                 ErrorCode::ManifestUnknown,
@@ -72,8 +73,8 @@ impl ApiError {
         }
     }
 
-    pub fn from_upstream(error: UpstreamError, unknown: ErrorCode) -> Self {
-        let message = format!("upstream: {error}");
+    pub fn from_upstream(error: &UpstreamError, unknown: ErrorCode) -> Self {
+        let message = error.to_string();
         match error {
             UpstreamError::NotFound => ApiError::new(unknown, message),
             UpstreamError::Unauthorized | UpstreamError::Auth(_) => {

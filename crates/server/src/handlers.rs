@@ -92,7 +92,7 @@ async fn handle(
                 .cache
                 .manifest(&target.source, &target.repo, &reference, &accept)
                 .await
-                .map_err(|e| ApiError::from_cache(e, Subject::Manifest))?;
+                .map_err(|e| ApiError::from_cache(&e, Subject::Manifest))?;
             request_info.tier = Some(hit.tier.as_str());
             Ok(manifest_response(hit, head))
         }
@@ -112,7 +112,7 @@ async fn handle(
                 .cache
                 .blob(&target.source, &target.repo, &digest, range)
                 .await
-                .map_err(|e| ApiError::from_cache(e, Subject::Blob))?;
+                .map_err(|e| ApiError::from_cache(&e, Subject::Blob))?;
             request_info.tier = Some(hit.tier.as_str());
             Ok(blob_response(&digest, hit, head))
         }
@@ -220,7 +220,7 @@ async fn tags_list(
             MAX_TAGS_LIST_BYTES,
         )
         .await
-        .map_err(|e| ApiError::from_upstream(e, ErrorCode::NameUnknown))?;
+        .map_err(|e| ApiError::from_upstream(&e, ErrorCode::NameUnknown))?;
     let mut headers = HeaderMap::new();
     let content_type = page.content_type.as_deref().unwrap_or("application/json");
     if let Ok(value) = HeaderValue::from_str(content_type) {

@@ -1,1 +1,37 @@
-pub fn _x() {}
+//! Test-only helpers that start REAL parts on loopback: Debian's
+//! `docker-registry` as an upstream, OCI image layouts with random content
+//! pushed by the real `skopeo`, and our own binaries with captured logs.
+//!
+//! Everything here is synchronous (threads, no async runtime) so that it can
+//! be called from plain `#[test]`s and from inside `#[tokio::test]`s alike.
+//! Needs the packages installed by `scripts/install-test-deps.sh`.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use testkit::{ImageSpec, OciLayout, Registry};
+//!
+//! let upstream = Registry::start()?;
+//! let mut layout = OciLayout::new()?;
+//! let image = layout.add_image("v1", &ImageSpec::new(&[300_000, 10_000]))?;
+//! layout.push("v1", &upstream, "library/app:v1")?;
+//! upstream.clear_log();
+//! // … pull `app:v1` through the cache under test, then:
+//! assert_eq!(upstream.count("GET", "/blobs/sha256:"), image.blob_digests().len());
+//! # Ok(()) }
+//! ```
+
+mod digest;
+mod http;
+mod layer;
+mod layout;
+mod process;
+mod registry;
+mod skopeo;
+
+pub use digest::{sha256_bytes, sha256_file};
+pub use http::{free_port, wait_for_http};
+pub use layer::LayerCompression;
+pub use layout::{BuiltImage, BuiltIndex, ImageSpec, OciLayout};
+pub use process::Process;
+pub use registry::{AccessLine, Registry};
+pub use skopeo::skopeo;

@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use testkit::{Process, Registry};
 
@@ -31,10 +31,11 @@ impl Regcache {
         Self::start_with_args(data_dir, args)
     }
 
+    /// Binds port 0 and reads the bound address from the startup log line,
+    /// so parallel tests never race for a port.
     fn start_with_args(data_dir: &Path, args: Vec<String>) -> Regcache {
-        let port = testkit::free_port();
         let mut full = args.clone();
-        full.extend(["--listen".to_string(), format!("127.0.0.1:{port}")]);
+        full.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
         let process = Process::spawn(
             Path::new(env!("CARGO_BIN_EXE_regcache")),
@@ -42,6 +43,16 @@ impl Regcache {
             &[("RUST_LOG", "info")],
         )
         .expect("spawning regcache");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            if let Some(port) = bound_port(&process.logs()) {
+                break port;
+            }
+            if Instant::now() > deadline {
+                panic!("regcache did not report its address:\n{}", process.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         let url = format!("http://127.0.0.1:{port}/readyz");
         if let Err(e) = testkit::wait_for_http(&url, Duration::from_secs(20)) {
             panic!("regcache did not become ready: {e}\n{}", process.logs());
@@ -67,6 +78,12 @@ impl Regcache {
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
+}
+
+fn bound_port(logs: &str) -> Option<u16> {
+    let line = logs.lines().find(|l| l.contains("regcache serving"))?;
+    let addr = line.split_whitespace().find_map(|w| w.strip_prefix("listen="))?;
+    addr.rsplit_once(':')?.1.parse().ok()
 }
 
 /// Copies an image (all platforms) through the cache into a `dir:` layout
@@ -103,4 +120,49 @@ pub const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, applicati
 
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().build().expect("http client")
+}
+
+/// Sends one request with the path exactly as given (HTTP clients normalize
+/// `..` and friends away, which would hide what the server does with them)
+/// and returns the status and body.
+pub fn raw_request(host: &str, method: &str, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(host).expect("connecting");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("writing request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("reading response");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let body = response[split + 4..].to_vec();
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    (status, if chunked { dechunk(&body) } else { body })
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&body[..end]).unwrap_or("0").trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&body[end + 2..end + 2 + size]);
+        body = &body[end + 2 + size + 2..];
+    }
+    out
 }

@@ -1,0 +1,157 @@
+//! Command line. Subcommands are nested by topic (`config check`) so that
+//! later ones (`config containerd`, `cluster …`, `index rebuild`) slot in.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{check_remote_url, check_upstream_name};
+
+/// A pull-through cache for OCI and Docker registries.
+#[derive(Debug, Parser)]
+#[command(name = "regcache", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a cache replica.
+    Serve(ServeArgs),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate FILE and print the effective configuration, secrets redacted.
+    Check { file: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML); without it the embedded default is used.
+    #[arg(long, env = "REGCACHE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log output: human-readable text or one JSON object per line.
+    #[arg(long, env = "REGCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub overrides: ServeOverrides,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Settings the command line overrides on top of the file.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ServeOverrides {
+    /// Address to listen on, e.g. 0.0.0.0:5000 (overrides `listen`).
+    #[arg(long, env = "REGCACHE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Where cached content and metadata live (overrides `data_dir`).
+    #[arg(long, env = "REGCACHE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Sets an upstream's remote URL, adding the upstream if it is new;
+    /// repeatable, e.g. --upstream docker.io=http://127.0.0.1:5001.
+    #[arg(long = "upstream", value_name = "NAME=URL")]
+    pub upstreams: Vec<UpstreamOverride>,
+}
+
+/// One `--upstream NAME=URL`, checked by the same rules as the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamOverride {
+    pub name: String,
+    pub remote_url: url::Url,
+}
+
+impl FromStr for UpstreamOverride {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, url) = s.split_once('=').ok_or("expected NAME=URL")?;
+        check_upstream_name(name)?;
+        let remote_url = check_remote_url(url)?;
+        Ok(UpstreamOverride {
+            name: name.to_owned(),
+            remote_url,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("regcache").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_takes_overrides() {
+        let cli = parse(&[
+            "serve",
+            "--config",
+            "/etc/regcache.toml",
+            "--listen",
+            "127.0.0.1:5555",
+            "--data-dir",
+            "/var/lib/regcache",
+            "--upstream",
+            "docker.io=http://127.0.0.1:5001",
+            "--upstream",
+            "registry.local:5000=https://registry.local:5000/v",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve: {cli:?}");
+        };
+        assert_eq!(args.config, Some(PathBuf::from("/etc/regcache.toml")));
+        assert_eq!(args.log_format, LogFormat::Json);
+        let o = args.overrides;
+        assert_eq!(o.listen, Some("127.0.0.1:5555".parse().unwrap()));
+        assert_eq!(o.data_dir, Some(PathBuf::from("/var/lib/regcache")));
+        let names: Vec<_> = o.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["docker.io", "registry.local:5000"]);
+        assert_eq!(o.upstreams[0].remote_url.as_str(), "http://127.0.0.1:5001/");
+    }
+
+    #[test]
+    fn config_check_takes_a_file() {
+        let cli = parse(&["config", "check", "regcache.toml"]).unwrap();
+        let Command::Config(ConfigCommand::Check { file }) = cli.command else {
+            panic!("not config check: {cli:?}");
+        };
+        assert_eq!(file, PathBuf::from("regcache.toml"));
+    }
+
+    #[test]
+    fn bad_upstream_overrides_are_rejected() {
+        for (arg, expected) in [
+            ("docker.io", "expected NAME=URL"),
+            ("Docker.io=http://x", "lowercase"),
+            ("docker.io=ftp://x", "scheme must be http or https"),
+            ("docker.io=http://user:pw@x", "credentials"),
+        ] {
+            let err = parse(&["serve", "--upstream", arg]).unwrap_err().to_string();
+            assert!(err.contains(expected), "{arg}: {err}");
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The configuration file, merged with the built-in upstreams and the
+//! command line into one validated [`Config`]. Precedence: built-in defaults
+//! < file < command line. Every check runs at start, so a bad value stops
+//! the process with an error that names the field instead of failing later
+//! on the first pull.
+
+mod fields;
+mod raw;
+mod render;
+mod upstreams;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use upstream::Secret;
+
+use crate::cli::ServeOverrides;
+
+pub(crate) use fields::{check_remote_url, check_upstream_name};
+pub use render::render_redacted;
+
+/// The effective configuration of one replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Upstream for requests that name none (no `ns` and no host prefix).
+    pub default_upstream: String,
+    pub cache: CacheConfig,
+    pub upstreams: Vec<UpstreamConfigEntry>,
+}
+
+/// Bounds and freshness of the content tiers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    /// How long a tag is served without asking the upstream again.
+    pub tag_ttl: Duration,
+    /// How long a cached tag may still be served while the upstream fails.
+    pub max_stale: Duration,
+    pub max_manifest_bytes: u64,
+    /// Objects larger than this never enter the memory tier.
+    pub memory_object_max: u64,
+}
+
+/// One upstream registry, as the `upstream` crate needs it plus its tag TTL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamConfigEntry {
+    /// Registry host clients use, e.g. `quay.io`.
+    pub name: String,
+    pub remote_url: url::Url,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Where `password` was read from, so it can be shown without the value.
+    pub password_source: Option<PasswordSource>,
+    pub http_proxy: Option<url::Url>,
+    pub https_proxy: Option<url::Url>,
+    /// Overrides `cache.tag_ttl` for this upstream.
+    pub tag_ttl: Option<Duration>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+/// Where an upstream password came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PasswordSource {
+    File(PathBuf),
+    Env(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// Syntax errors and unknown fields; toml's message carries line and column.
+    #[error("{}: {source}", path.display())]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{origin}: {field}: {message}")]
+    Invalid {
+        origin: String,
+        field: String,
+        message: String,
+    },
+}
+
+/// Loads `path` (or, with `None`, the embedded default: no file at all),
+/// applies `overrides` and validates the result.
+pub fn load(path: Option<&Path>, overrides: &ServeOverrides) -> Result<Config, ConfigError> {
+    let (origin, raw) = match path {
+        None => ("embedded default".to_owned(), raw::RawConfig::default()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let raw = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
+            (path.display().to_string(), raw)
+        }
+    };
+    validate::validate(raw, overrides).map_err(|e| ConfigError::Invalid {
+        origin,
+        field: e.field,
+        message: e.message,
+    })
+}

@@ -1,0 +1,115 @@
+//! The effective configuration as TOML, for `config check` and start-up
+//! logs: every upstream spelled out, passwords replaced by where they come
+//! from.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Config, PasswordSource, UpstreamConfigEntry};
+
+const HEADER: &str = "\
+# effective configuration: built-in defaults, file and command line merged.
+# every upstream is listed, so builtin_upstreams is false here.
+";
+
+#[derive(Serialize)]
+struct Rendered<'a> {
+    listen: String,
+    data_dir: String,
+    default_upstream: &'a str,
+    builtin_upstreams: bool,
+    cache: RenderedCache,
+    upstream: Vec<RenderedUpstream<'a>>,
+}
+
+#[derive(Serialize)]
+struct RenderedCache {
+    memory_bytes: String,
+    disk_bytes: String,
+    tag_ttl: String,
+    max_stale: String,
+    max_manifest_bytes: String,
+    memory_object_max: String,
+}
+
+#[derive(Serialize)]
+struct RenderedUpstream<'a> {
+    name: &'a str,
+    remote_url: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password_env: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_proxy: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    https_proxy: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tag_ttl: Option<String>,
+    connect_timeout: String,
+    read_timeout: String,
+}
+
+/// The effective configuration as TOML. Passwords never appear: each shows
+/// as `"[redacted]"` next to the `password_file` or `password_env` it came from.
+pub fn render_redacted(cfg: &Config) -> String {
+    let c = &cfg.cache;
+    let rendered = Rendered {
+        listen: cfg.listen.to_string(),
+        data_dir: cfg.data_dir.display().to_string(),
+        default_upstream: &cfg.default_upstream,
+        builtin_upstreams: false,
+        cache: RenderedCache {
+            memory_bytes: size(c.memory_bytes),
+            disk_bytes: size(c.disk_bytes),
+            tag_ttl: duration(c.tag_ttl),
+            max_stale: duration(c.max_stale),
+            max_manifest_bytes: size(c.max_manifest_bytes),
+            memory_object_max: size(c.memory_object_max),
+        },
+        upstream: cfg.upstreams.iter().map(upstream).collect(),
+    };
+    let body = toml::to_string(&rendered).expect("strings, booleans and tables always serialize");
+    format!("{HEADER}{body}")
+}
+
+fn upstream(u: &UpstreamConfigEntry) -> RenderedUpstream<'_> {
+    let (password_file, password_env) = match &u.password_source {
+        Some(PasswordSource::File(path)) => (Some(path.display().to_string()), None),
+        Some(PasswordSource::Env(var)) => (None, Some(var.as_str())),
+        None => (None, None),
+    };
+    RenderedUpstream {
+        name: &u.name,
+        remote_url: u.remote_url.as_str(),
+        username: u.username.as_deref(),
+        password: u.password.as_ref().map(|_| "[redacted]"),
+        password_file,
+        password_env,
+        http_proxy: u.http_proxy.as_ref().map(url::Url::as_str),
+        https_proxy: u.https_proxy.as_ref().map(url::Url::as_str),
+        tag_ttl: u.tag_ttl.map(duration),
+        connect_timeout: duration(u.connect_timeout),
+        read_timeout: duration(u.read_timeout),
+    }
+}
+
+/// The largest binary unit that divides `bytes` exactly, so the text reads
+/// well and parses back to the same number.
+fn size(bytes: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+fn duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}

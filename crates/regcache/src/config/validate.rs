@@ -1,0 +1,100 @@
+//! Turns the file as written into a [`Config`]: defaults, the command line,
+//! and every cross-field rule.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::fields::{self, AtField, FieldError};
+use super::raw::{RawCache, RawConfig, RawSize};
+use super::{CacheConfig, Config, upstreams};
+use crate::cli::ServeOverrides;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = KIB << 10;
+const GIB: u64 = MIB << 10;
+
+const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
+const DEFAULT_DATA_DIR: &str = "./regcache-data";
+const DEFAULT_UPSTREAM: &str = "docker.io";
+const DEFAULT_CACHE: CacheConfig = CacheConfig {
+    memory_bytes: 128 * MIB,
+    disk_bytes: 20 * GIB,
+    tag_ttl: Duration::from_secs(60),
+    max_stale: Duration::from_secs(24 * 3600),
+    max_manifest_bytes: 4 * MIB,
+    memory_object_max: MIB,
+};
+
+pub(super) fn validate(raw: RawConfig, overrides: &ServeOverrides) -> Result<Config, FieldError> {
+    let listen = fields::socket_addr(raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN)).at("listen")?;
+    let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    if data_dir.as_os_str().is_empty() {
+        return Err(FieldError::new("data_dir", "must not be empty"));
+    }
+    let cache = cache(&raw.cache)?;
+    let upstreams = upstreams::resolve(
+        raw.builtin_upstreams.unwrap_or(true),
+        raw.upstream,
+        &overrides.upstreams,
+    )?;
+    let default_upstream = raw
+        .default_upstream
+        .unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned());
+    if !upstreams.iter().any(|u| u.name == default_upstream) {
+        return Err(FieldError::new(
+            "default_upstream",
+            format!("{default_upstream:?} is not a configured upstream"),
+        ));
+    }
+    Ok(Config {
+        listen: overrides.listen.unwrap_or(listen),
+        data_dir: overrides.data_dir.clone().unwrap_or(data_dir),
+        default_upstream,
+        cache,
+        upstreams,
+    })
+}
+
+fn cache(raw: &RawCache) -> Result<CacheConfig, FieldError> {
+    let d = DEFAULT_CACHE;
+    let memory_bytes = size(&raw.memory_bytes, d.memory_bytes, "cache.memory_bytes")?;
+    let memory_object_max = match &raw.memory_object_max {
+        // Zero is allowed: it keeps every object out of the memory tier.
+        Some(raw) => fields::size(raw).at("cache.memory_object_max")?,
+        None => d.memory_object_max.min(memory_bytes),
+    };
+    if memory_object_max > memory_bytes {
+        return Err(FieldError::new(
+            "cache.memory_object_max",
+            format!("{memory_object_max} bytes exceeds cache.memory_bytes ({memory_bytes} bytes)"),
+        ));
+    }
+    Ok(CacheConfig {
+        memory_bytes,
+        disk_bytes: size(&raw.disk_bytes, d.disk_bytes, "cache.disk_bytes")?,
+        tag_ttl: duration(&raw.tag_ttl, d.tag_ttl, "cache.tag_ttl")?,
+        max_stale: duration(&raw.max_stale, d.max_stale, "cache.max_stale")?,
+        max_manifest_bytes: size(
+            &raw.max_manifest_bytes,
+            d.max_manifest_bytes,
+            "cache.max_manifest_bytes",
+        )?,
+        memory_object_max,
+    })
+}
+
+/// A size that must be positive, or its default.
+fn size(raw: &Option<RawSize>, default: u64, field: &str) -> Result<u64, FieldError> {
+    match raw {
+        Some(raw) => fields::size(raw).and_then(fields::positive).at(field),
+        None => Ok(default),
+    }
+}
+
+/// A duration (zero allowed), or its default.
+pub(super) fn duration(raw: &Option<String>, default: Duration, field: &str) -> Result<Duration, FieldError> {
+    match raw {
+        Some(text) => fields::duration(text).at(field),
+        None => Ok(default),
+    }
+}
