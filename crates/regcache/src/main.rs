@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cli::{Cli, Command, ConfigCommand, LogFormat};
+use metrics_exporter_prometheus::Matcher;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -45,7 +46,13 @@ fn main() -> ExitCode {
 }
 
 fn run_serve(cfg: config::Config) -> anyhow::Result<()> {
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    // Real histograms (not summaries) so latencies aggregate across replicas.
+    let seconds = [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)?
+        .install_recorder()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve::run(cfg, metrics))
 }

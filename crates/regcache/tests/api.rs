@@ -10,6 +10,7 @@ struct Fixture {
     registry: Registry,
     cache: Regcache,
     layer: (String, u64),
+    config: String,
     _data: tempfile::TempDir,
 }
 
@@ -31,6 +32,7 @@ fn fixture(extra: &[&str]) -> Fixture {
     let cache = Regcache::start(&registry, data.path(), extra);
     Fixture {
         layer: image.layer_digests[0].clone(),
+        config: image.config_digest.clone(),
         registry,
         cache,
         _data: data,
@@ -179,6 +181,20 @@ async fn ranges_are_served_cold_and_warm() {
             "{range}"
         );
     }
+    // HEAD of a cold blob answers with its length and no body.
+    let config_url = f.cache.url(&format!("/v2/api/blobs/{}", f.config));
+    let head = http.head(&config_url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    let length: u64 = head.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(head.headers()["docker-content-digest"], f.config.as_str());
+    let config = http.get(&config_url).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(config.len() as u64, length);
+    assert_eq!(testkit::sha256_bytes(&config), f.config);
+
     let multi = http
         .get(&url)
         .header("range", "bytes=0-1,5-9")

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ACCEPT_ALL, Regcache, assert_dir_blobs_verified, client, skopeo_pull};
+use common::{ACCEPT_ALL, Regcache, assert_dir_blobs_verified, client, raw_request, skopeo_pull};
 use futures_util::StreamExt;
 use sha2::{Digest as _, Sha256};
 use testkit::{ImageSpec, OciLayout, Registry};
@@ -68,6 +68,20 @@ fn pulls_by_tag_and_digest_cold_then_warm() {
         1,
         "manifest by digest was cached by the tag pull"
     );
+
+    let (status, metrics) = raw_request(&cache.host(), "GET", "/metrics");
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    for wanted in [
+        r#"regcache_cache_requests_total{kind="blob",tier="upstream"} 4"#,
+        r#"regcache_cache_requests_total{kind="manifest",tier="upstream"} 1"#,
+        r#"regcache_served_bytes_total{tier="memory"}"#,
+        r#"regcache_served_bytes_total{tier="disk"}"#,
+        r#"regcache_upstream_request_duration_seconds_bucket{upstream="docker.io",op="get_blob""#,
+        r#"regcache_http_requests_total{route="blob",method="GET",status="200"}"#,
+    ] {
+        assert!(metrics.contains(wanted), "metrics lack {wanted}:\n{metrics}");
+    }
 }
 
 #[test]
