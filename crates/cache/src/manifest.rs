@@ -4,6 +4,7 @@ use oci::{Digest, Reference, RepoName, Tag, media_types, parse_manifest};
 use store::MemoryObject;
 use tokio::io::AsyncReadExt;
 use tracing::warn;
+use upstream::FetchedManifest;
 
 use crate::{Cache, CacheError, Source, Tier, forget_evicted, unix_now};
 
@@ -57,15 +58,7 @@ impl Cache {
             return Ok(hit);
         }
         let reference = Reference::Digest(digest.clone());
-        let fetched = src
-            .upstream
-            .get_manifest(
-                repo,
-                &reference,
-                media_types::ALL_MANIFESTS,
-                self.settings.max_manifest_bytes,
-            )
-            .await?;
+        let fetched = self.fetch_manifest(src, repo, &reference).await?;
         verify(src, digest, &fetched.bytes)?;
         self.store_manifest(digest, fetched.bytes, &fetched.media_type)
             .await
@@ -225,15 +218,7 @@ impl Cache {
                 return Ok(hit);
             }
         }
-        let fetched = src
-            .upstream
-            .get_manifest(
-                repo,
-                &reference,
-                media_types::ALL_MANIFESTS,
-                self.settings.max_manifest_bytes,
-            )
-            .await?;
+        let fetched = self.fetch_manifest(src, repo, &reference).await?;
         let digest = match fetched.digest_header {
             Some(claimed) => {
                 verify(src, &claimed, &fetched.bytes)?;
@@ -250,6 +235,21 @@ impl Cache {
         };
         self.set_tag(key, &hit).await?;
         Ok(hit)
+    }
+
+    /// One bounded GET, asking for every manifest type so the stored
+    /// manifest serves every client.
+    async fn fetch_manifest(
+        &self,
+        src: &Source,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, CacheError> {
+        let limit = self.settings.max_manifest_bytes;
+        Ok(src
+            .upstream
+            .get_manifest(repo, reference, media_types::ALL_MANIFESTS, limit)
+            .await?)
     }
 
     async fn set_tag(&self, key: &TagKey, hit: &ManifestHit) -> Result<(), CacheError> {
