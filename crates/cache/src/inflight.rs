@@ -123,8 +123,11 @@ impl Fetch {
                 Progress::Failed(Arc::new(e))
             }
         };
-        self.progress.send_replace(final_state);
+        // Leave the map first: a request arriving after the outcome is
+        // published must find the disk tier (success) or start afresh
+        // (failure), never join a finished download.
         self.inflight.lock().remove(&self.digest);
+        self.progress.send_replace(final_state);
     }
 
     async fn fetch(&self, mut writer: BlobWriter) -> Result<u64, CacheError> {
@@ -207,12 +210,14 @@ impl Download {
         body::file_range(Arc::clone(&self.file), start, end, Some(self))
     }
 
-    /// Waits until more than `pos` bytes are written; returns how many are.
+    /// Waits until more than `pos` bytes may be read; returns how many may.
     pub(crate) async fn wait_past(&self, pos: u64) -> std::io::Result<u64> {
         let mut rx = self.progress.clone();
         loop {
             match &*rx.borrow_and_update() {
-                Progress::Running { written, .. } if *written > pos => return Ok(*written),
+                Progress::Running { written, size } if visible(*written, *size) > pos => {
+                    return Ok(visible(*written, *size));
+                }
                 Progress::Done { size } if *size > pos => return Ok(*size),
                 Progress::Done { .. } => return Err(std::io::Error::other("blob shorter than announced")),
                 Progress::Failed(e) => {
@@ -225,4 +230,12 @@ impl Download {
             }
         }
     }
+}
+
+/// How much of a running download followers may read: everything written
+/// except the blob's last byte, which is released only once the digest is
+/// verified. So a response that ends at the blob's end never completes with
+/// unverified content: on a mismatch it ends with an error instead.
+fn visible(written: u64, size: Option<u64>) -> u64 {
+    size.map_or(written, |s| written.min(s.saturating_sub(1)))
 }
