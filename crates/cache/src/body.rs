@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
+use tokio::sync::mpsc;
 
 use crate::inflight::Download;
 use crate::{Body, BodyStream, Tier};
@@ -13,6 +14,10 @@ const READ_CHUNK: u64 = 512 * 1024;
 /// Streams `[start, end)` of `file` with positional reads on the blocking
 /// pool. With a `download`, each read waits until the download has written
 /// past the position, so followers of a running download use the same code.
+///
+/// A task reads one chunk ahead of what the connection is sending, so disk
+/// reads and socket writes overlap; the channel bounds memory per response
+/// to about three chunks. The task stops when the client goes away.
 pub(crate) fn file_range(
     file: Arc<std::fs::File>,
     start: u64,
@@ -20,27 +25,45 @@ pub(crate) fn file_range(
     download: Option<Arc<Download>>,
 ) -> BodyStream {
     debug_assert!(start <= end);
-    stream::try_unfold(start, move |pos| {
-        let (file, download) = (Arc::clone(&file), download.clone());
-        async move {
-            if pos >= end {
-                return Ok(None);
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut pos = start;
+        while pos < end {
+            let chunk = read_chunk(&file, pos, end, download.as_deref()).await;
+            let failed = chunk.is_err();
+            let len = chunk.as_ref().map_or(0, |c| c.len() as u64);
+            if tx.send(chunk).await.is_err() || failed {
+                return;
             }
-            let available = match &download {
-                Some(d) => d.wait_past(pos).await?,
-                None => end,
-            };
-            let len = (available.min(end) - pos).min(READ_CHUNK);
-            let chunk = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; len as usize];
-                file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
-            })
-            .await
-            .map_err(std::io::Error::other)??;
-            Ok(Some((chunk, pos + len)))
+            pos += len;
         }
-    })
+    });
+    stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) },
+    )
     .boxed()
+}
+
+async fn read_chunk(
+    file: &Arc<std::fs::File>,
+    pos: u64,
+    end: u64,
+    download: Option<&Download>,
+) -> std::io::Result<Bytes> {
+    let available = match download {
+        Some(d) => d.wait_past(pos).await?,
+        None => end,
+    };
+    let len = (available.min(end) - pos).min(READ_CHUNK);
+    debug_assert!(len > 0);
+    let file = Arc::clone(file);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Counts the bytes a body delivers, by tier, as they are sent.

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::clients;
 use crate::config::{check_remote_url, check_upstream_name};
 
 /// A pull-through cache for OCI and Docker registries.
@@ -30,6 +31,50 @@ pub enum Command {
 pub enum ConfigCommand {
     /// Validate FILE and print the effective configuration, secrets redacted.
     Check { file: PathBuf },
+    #[command(flatten)]
+    Client(ClientConfig),
+}
+
+/// Runtime configuration that sends a node's pulls through the cache.
+#[derive(Debug, Subcommand)]
+pub enum ClientConfig {
+    /// Print containerd's hosts.toml for each upstream, or write them with --dir.
+    Containerd {
+        /// The cache as nodes reach it, e.g. http://regcache.example:5000.
+        #[arg(long, value_name = "URL", value_parser = clients::mirror_url)]
+        mirror: String,
+        #[command(flatten)]
+        upstreams: UpstreamNames,
+        /// Write DIR/<upstream>/hosts.toml (containerd's config_path) instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Print registries.conf mirror entries for podman, CRI-O, buildah and skopeo.
+    Podman {
+        /// The cache as nodes reach it, e.g. regcache.example:5000.
+        #[arg(long, value_name = "HOST[:PORT]", value_parser = clients::mirror_host)]
+        mirror: String,
+        #[command(flatten)]
+        upstreams: UpstreamNames,
+        /// Mark the mirror insecure: plain http or an unverified certificate.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Print dockerd's daemon.json setting (dockerd mirrors Docker Hub only).
+    Docker {
+        /// The cache as nodes reach it, e.g. http://regcache.example:5000.
+        #[arg(long, value_name = "URL", value_parser = clients::mirror_url)]
+        mirror: String,
+    },
+}
+
+/// Which upstreams a generated client configuration covers.
+#[derive(Debug, Args)]
+pub struct UpstreamNames {
+    /// An upstream registry host, e.g. quay.io (repeatable; default: every
+    /// built-in upstream).
+    #[arg(long = "upstream", value_name = "NAME", value_parser = clients::upstream_name)]
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +185,64 @@ mod tests {
             panic!("not config check: {cli:?}");
         };
         assert_eq!(file, PathBuf::from("regcache.toml"));
+    }
+
+    #[test]
+    fn client_configs_take_mirror_and_upstreams() {
+        let cli = parse(&[
+            "config",
+            "containerd",
+            "--mirror",
+            "http://cache:5000/",
+            "--upstream",
+            "quay.io",
+            "--upstream",
+            "ghcr.io",
+            "--dir",
+            "certs.d",
+        ])
+        .unwrap();
+        let Command::Config(ConfigCommand::Client(ClientConfig::Containerd {
+            mirror,
+            upstreams,
+            dir,
+        })) = cli.command
+        else {
+            panic!("not config containerd: {cli:?}");
+        };
+        assert_eq!(mirror, "http://cache:5000");
+        assert_eq!(upstreams.names, ["quay.io", "ghcr.io"]);
+        assert_eq!(dir, Some(PathBuf::from("certs.d")));
+        let cli = parse(&["config", "podman", "--mirror", "cache:5000", "--insecure"]).unwrap();
+        let Command::Config(ConfigCommand::Client(ClientConfig::Podman {
+            upstreams, insecure, ..
+        })) = cli.command
+        else {
+            panic!("not config podman: {cli:?}");
+        };
+        assert!(insecure && upstreams.names.is_empty());
+        for (args, expected) in [
+            (&["config", "containerd"][..], "--mirror"),
+            (
+                &["config", "containerd", "--mirror", "cache:5000"],
+                "scheme must be http or https",
+            ),
+            (
+                &["config", "podman", "--mirror", "http://cache"],
+                "without a scheme",
+            ),
+            (
+                &["config", "docker", "--mirror", "http://cache/v2"],
+                "must have no path",
+            ),
+            (
+                &["config", "podman", "--mirror", "cache", "--upstream", "Quay.io"],
+                "lowercase",
+            ),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
     }
 
     #[test]

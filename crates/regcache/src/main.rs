@@ -1,6 +1,7 @@
 //! `regcache`: a pull-through cache for container registries.
 
 mod cli;
+mod clients;
 mod config;
 mod serve;
 
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Config(ConfigCommand::Client(command)) => clients::run(&command),
         Command::Serve(args) => {
             init_logging(args.log_format);
             let cfg = match config::load(args.config.as_deref(), &args.overrides) {

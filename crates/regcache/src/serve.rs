@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use cache::{Cache, CacheSettings, Source};
 use meta::Meta;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -60,7 +61,15 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), upstreams = config.upstreams.len(), "regcache serving");
+    // Responses are written whole and promptly: don't let Nagle hold back a
+    // body's last segment waiting for the client's delayed ACK.
+    let local_addr = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting tcp_nodelay failed");
+        }
+    });
+    info!(listen = %local_addr, data_dir = %config.data_dir.display(), upstreams = config.upstreams.len(), "regcache serving");
     axum::serve(listener, server::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await

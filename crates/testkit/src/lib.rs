@@ -21,6 +21,7 @@
 //! ```
 
 mod digest;
+mod fault;
 mod http;
 mod layer;
 mod layout;
@@ -29,6 +30,7 @@ mod registry;
 mod skopeo;
 
 pub use digest::{sha256_bytes, sha256_file};
+pub use fault::{Fault, FaultProxy, Rule, Seen};
 pub use http::{free_port, wait_for_http};
 pub use layer::LayerCompression;
 pub use layout::{BuiltImage, BuiltIndex, ImageSpec, OciLayout};

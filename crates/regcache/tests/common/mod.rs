@@ -31,6 +31,20 @@ impl Regcache {
         Self::start_with_args(data_dir, args)
     }
 
+    /// Like [`Regcache::start`], with `docker.io` pointing at `upstream_url`
+    /// (e.g. a `testkit::FaultProxy` in front of the registry).
+    pub fn start_url(upstream_url: &str, data_dir: &Path, extra: &[&str]) -> Regcache {
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--upstream".into(),
+            format!("docker.io={upstream_url}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_with_args(data_dir, args)
+    }
+
     /// Binds port 0 and reads the bound address from the startup log line,
     /// so parallel tests never race for a port.
     fn start_with_args(data_dir: &Path, args: Vec<String>) -> Regcache {

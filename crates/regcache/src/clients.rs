@@ -1,0 +1,342 @@
+//! `regcache config containerd|podman|docker`: the runtime configuration a
+//! node needs to pull through the cache, generated so that nobody hand-writes
+//! (and mistypes) one file per upstream on every node.
+//!
+//! Every value printed has been validated (URL origins, registry host names),
+//! so none of them can contain a quote: plain `format!` yields valid TOML and
+//! JSON.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::cli::{ClientConfig, ServeOverrides};
+use crate::config::{self, check_remote_url, check_upstream_name};
+
+/// Where containerd looks for hosts.toml files once `config_path` names it.
+const CERTS_D: &str = "/etc/containerd/certs.d";
+
+/// One upstream as a client sees it: the host in image references, and the
+/// registry containerd falls back to when the cache does not answer.
+#[derive(Debug, PartialEq, Eq)]
+struct Upstream {
+    name: String,
+    server: String,
+}
+
+/// Runs one `regcache config <client>` command.
+pub fn run(command: &ClientConfig) -> ExitCode {
+    let result = match command {
+        ClientConfig::Containerd {
+            mirror,
+            upstreams,
+            dir: Some(dir),
+        } => write_hosts_files(dir, mirror, &upstreams.names),
+        ClientConfig::Containerd {
+            mirror,
+            upstreams,
+            dir: None,
+        } => {
+            print!("{}", containerd(mirror, &upstreams.names));
+            Ok(())
+        }
+        ClientConfig::Podman {
+            mirror,
+            upstreams,
+            insecure,
+        } => {
+            print!("{}", podman(mirror, &upstreams.names, *insecure));
+            Ok(())
+        }
+        ClientConfig::Docker { mirror } => {
+            print!("{}", docker(mirror));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--mirror` for containerd and dockerd: an http(s) URL of the cache's
+/// root, returned as its origin (`http://host:port`). Both runtimes append
+/// `/v2` to a mirror's path, and the cache serves at the root.
+pub fn mirror_url(text: &str) -> Result<String, String> {
+    let url = check_remote_url(text)?;
+    if url.path() != "/" {
+        return Err(format!(
+            "{text:?} must have no path (the cache serves /v2/ at its root)"
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+/// `--mirror` for podman: `host[:port]`, since registries.conf takes a
+/// location without a scheme (`insecure` decides about http).
+pub fn mirror_host(text: &str) -> Result<String, String> {
+    if text.contains("://") {
+        return Err(format!(
+            "{text:?} must be HOST[:PORT] without a scheme (use --insecure for plain http)"
+        ));
+    }
+    check_upstream_name(text)?;
+    Ok(text.to_owned())
+}
+
+/// `--upstream NAME`, checked as the configuration checks upstream names.
+pub fn upstream_name(text: &str) -> Result<String, String> {
+    check_upstream_name(text)?;
+    Ok(text.to_owned())
+}
+
+/// The named upstreams in the order given (duplicates dropped), or every
+/// built-in one. A name that is not built in falls back to `https://NAME`,
+/// which is what the runtimes would contact without a mirror.
+fn upstreams(names: &[String]) -> Vec<Upstream> {
+    let builtin: Vec<Upstream> = config::load(None, &ServeOverrides::default())
+        .expect("the embedded default configuration is valid")
+        .upstreams
+        .into_iter()
+        .map(|u| Upstream {
+            server: u.remote_url.as_str().trim_end_matches('/').to_owned(),
+            name: u.name,
+        })
+        .collect();
+    if names.is_empty() {
+        return builtin;
+    }
+    let mut chosen: Vec<Upstream> = Vec::new();
+    for name in names {
+        if chosen.iter().any(|u| &u.name == name) {
+            continue;
+        }
+        let server = builtin
+            .iter()
+            .find(|u| &u.name == name)
+            .map_or_else(|| format!("https://{name}"), |u| u.server.clone());
+        chosen.push(Upstream {
+            name: name.clone(),
+            server,
+        });
+    }
+    chosen
+}
+
+/// One hosts.toml: try the cache first, then the upstream itself.
+/// containerd adds `?ns=<name>` to each request, which the cache routes by.
+fn hosts_toml(upstream: &Upstream, mirror: &str) -> String {
+    format!(
+        "server = \"{}\"\n\n[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+        upstream.server
+    )
+}
+
+/// Every hosts.toml, each after a comment naming its path, blank lines between.
+fn containerd(mirror: &str, names: &[String]) -> String {
+    upstreams(names)
+        .iter()
+        .map(|u| format!("# {CERTS_D}/{}/hosts.toml\n{}", u.name, hosts_toml(u, mirror)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Writes `dir/<name>/hosts.toml` per upstream and prints each path.
+fn write_hosts_files(dir: &Path, mirror: &str, names: &[String]) -> Result<(), String> {
+    for upstream in upstreams(names) {
+        let host_dir = dir.join(&upstream.name);
+        std::fs::create_dir_all(&host_dir).map_err(|e| format!("creating {}: {e}", host_dir.display()))?;
+        let path = host_dir.join("hosts.toml");
+        std::fs::write(&path, hosts_toml(&upstream, mirror))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// registries.conf entries: each upstream mirrored at `mirror/<name>`, the
+/// path prefix the cache routes by.
+fn podman(mirror: &str, names: &[String], insecure: bool) -> String {
+    let insecure = if insecure { "insecure = true\n" } else { "" };
+    upstreams(names)
+        .iter()
+        .map(|u| {
+            format!(
+                "[[registry]]\nlocation = \"{0}\"\n\n[[registry.mirror]]\nlocation = \"{mirror}/{0}\"\n{insecure}",
+                u.name
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// daemon.json's setting: dockerd mirrors Docker Hub only and sends no `ns`,
+/// which the cache's default upstream (docker.io) answers.
+fn docker(mirror: &str) -> String {
+    format!("{{ \"registry-mirrors\": [\"{mirror}\"] }}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn containerd_renders_one_file_per_upstream() {
+        let text = containerd(
+            "http://regcache.example:5000",
+            &names(&["docker.io", "registry.local:5000"]),
+        );
+        assert_eq!(
+            text,
+            r#"# /etc/containerd/certs.d/docker.io/hosts.toml
+server = "https://registry-1.docker.io"
+
+[host."http://regcache.example:5000"]
+  capabilities = ["pull", "resolve"]
+
+# /etc/containerd/certs.d/registry.local:5000/hosts.toml
+server = "https://registry.local:5000"
+
+[host."http://regcache.example:5000"]
+  capabilities = ["pull", "resolve"]
+"#
+        );
+        let one = hosts_toml(
+            &upstreams(&names(&["quay.io"]))[0],
+            "http://regcache.example:5000",
+        );
+        let file: toml::Table = toml::from_str(&one).unwrap();
+        assert_eq!(file["server"].as_str(), Some("https://quay.io"));
+        assert_eq!(
+            file["host"]["http://regcache.example:5000"]["capabilities"][1].as_str(),
+            Some("resolve")
+        );
+    }
+
+    #[test]
+    fn default_is_every_builtin_upstream() {
+        let builtin: Vec<String> = config::load(None, &ServeOverrides::default())
+            .unwrap()
+            .upstreams
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        let listed: Vec<String> = upstreams(&[]).into_iter().map(|u| u.name).collect();
+        assert_eq!(listed, builtin);
+        assert_eq!(listed.len(), 7);
+        let text = containerd("https://cache.example", &[]);
+        assert_eq!(text.matches("# /etc/containerd/certs.d/").count(), 7);
+        for server in [
+            "https://registry-1.docker.io",
+            "https://quay.io",
+            "https://public.ecr.aws",
+        ] {
+            assert!(text.contains(&format!("server = \"{server}\"\n")), "{server}");
+        }
+    }
+
+    #[test]
+    fn duplicate_upstreams_are_listed_once() {
+        let listed = upstreams(&names(&["quay.io", "ghcr.io", "quay.io"]));
+        assert_eq!(
+            listed,
+            [
+                Upstream {
+                    name: "quay.io".into(),
+                    server: "https://quay.io".into()
+                },
+                Upstream {
+                    name: "ghcr.io".into(),
+                    server: "https://ghcr.io".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn podman_renders_path_prefix_mirrors() {
+        let text = podman("127.0.0.1:5000", &names(&["quay.io", "docker.io"]), true);
+        assert_eq!(
+            text,
+            r#"[[registry]]
+location = "quay.io"
+
+[[registry.mirror]]
+location = "127.0.0.1:5000/quay.io"
+insecure = true
+
+[[registry]]
+location = "docker.io"
+
+[[registry.mirror]]
+location = "127.0.0.1:5000/docker.io"
+insecure = true
+"#
+        );
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(parsed["registry"].as_array().map(Vec::len), Some(2));
+        let secure = podman("cache.example", &names(&["quay.io"]), false);
+        assert!(!secure.contains("insecure"), "{secure}");
+    }
+
+    #[test]
+    fn docker_renders_daemon_json() {
+        assert_eq!(
+            docker("https://cache.example"),
+            "{ \"registry-mirrors\": [\"https://cache.example\"] }\n"
+        );
+    }
+
+    #[test]
+    fn mirror_urls_are_normalized_origins() {
+        for (text, expected) in [
+            ("http://regcache.example:5000", "http://regcache.example:5000"),
+            ("http://regcache.example:5000/", "http://regcache.example:5000"),
+            ("HTTPS://Cache.Example:443/", "https://cache.example"),
+            ("http://10.96.0.50:80", "http://10.96.0.50"),
+        ] {
+            assert_eq!(mirror_url(text).as_deref(), Ok(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_mirrors_and_names_are_rejected() {
+        for (text, expected) in [
+            ("ftp://cache.example", "scheme must be http or https"),
+            ("cache.example:5000", "scheme must be http or https"),
+            ("http://u:p@cache.example", "credentials"),
+            ("http://cache.example/v2", "must have no path"),
+            ("http://cache.example/?x=1", "query"),
+        ] {
+            let err = mirror_url(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        for (text, expected) in [
+            ("http://cache.example:5000", "without a scheme"),
+            ("cache.example/quay.io", "invalid name"),
+            ("Cache.example", "lowercase"),
+            ("cache.example:0", "invalid name"),
+        ] {
+            let err = mirror_host(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        assert!(upstream_name("Quay.io").unwrap_err().contains("lowercase"));
+        assert!(upstream_name("quay.io/x").unwrap_err().contains("invalid name"));
+    }
+
+    #[test]
+    fn writes_hosts_files_under_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        write_hosts_files(dir.path(), "http://cache:5000", &names(&["quay.io", "ghcr.io"])).unwrap();
+        let quay = std::fs::read_to_string(dir.path().join("quay.io/hosts.toml")).unwrap();
+        assert!(quay.starts_with("server = \"https://quay.io\"\n"), "{quay}");
+        assert!(dir.path().join("ghcr.io/hosts.toml").is_file());
+        assert!(!dir.path().join("docker.io").exists());
+    }
+}
