@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the integration tests run for real on a fresh Debian 12
 # machine (as root): the upstream registry (docker-registry), the client that
-# pushes and pulls images (skopeo), load tools (wrk) and nginx. Idempotent:
+# pushes and pulls images (skopeo), the runtimes pulled through the cache
+# (containerd, podman), load tools (wrk) and nginx. Idempotent:
 # apt is only touched when something is missing, so repeated runs cost nothing.
 set -euo pipefail
 
@@ -9,6 +10,8 @@ set -euo pipefail
 declare -A packages=(
     [docker-registry]=docker-registry
     [skopeo]=skopeo
+    [containerd]=containerd
+    [podman]=podman
     [wrk]=wrk
     [nginx-light]=nginx
 )

@@ -29,6 +29,14 @@ fn regcache_in(cwd: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
+/// `program` under coreutils' `timeout`: a stalled pull fails the test
+/// instead of hanging CI.
+fn bounded(program: &str) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--kill-after=5", "120", program]);
+    cmd
+}
+
 /// Runs a tool to completion; panics with its output unless it succeeds.
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
@@ -124,7 +132,7 @@ impl Containerd {
     /// `ctr --address SOCK --namespace NS ARGS…`
     fn ctr(&self, args: &[&str]) -> String {
         let sock = self.dir.path().join("c.sock");
-        let mut cmd = Command::new("ctr");
+        let mut cmd = bounded("ctr");
         cmd.arg("--address")
             .arg(sock)
             .args(["--namespace", NAMESPACE])
@@ -147,7 +155,7 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
 fn assert_unpacked(layout: &OciLayout, image: &BuiltImage, trees: &[PathBuf]) {
     let extracted = tempfile::tempdir().expect("creating a temp dir");
     for (digest, _) in &image.layer_digests {
-        let mut tar = Command::new("tar");
+        let mut tar = bounded("tar");
         tar.arg("-xzf")
             .arg(layout.blob_path(digest))
             .arg("-C")
@@ -266,7 +274,7 @@ impl Podman {
 
     fn podman(&self, args: &[&str]) -> String {
         let path = |name: &str| self.dir.path().join(name);
-        let mut cmd = Command::new("podman");
+        let mut cmd = bounded("podman");
         cmd.arg("--root")
             .arg(path("root"))
             .arg("--runroot")
@@ -400,7 +408,7 @@ fn check_config_path(snippet: &str) {
             let dir = tempfile::tempdir().expect("creating a temp dir");
             let file = dir.path().join("config.toml");
             std::fs::write(&file, snippet).expect("writing a containerd config");
-            let dump = run(Command::new("containerd")
+            let dump = run(bounded("containerd")
                 .arg("--config")
                 .arg(&file)
                 .args(["config", "dump"]));
