@@ -115,10 +115,16 @@ impl Fetch {
                 Progress::Done { size }
             }
             Err(e) => {
-                if matches!(e, CacheError::Store(StoreError::DigestMismatch { .. })) {
-                    metrics::counter!("regcache_digest_mismatch_total", "upstream" => self.upstream.name().to_owned())
-                        .increment(1);
-                }
+                // Bytes that fail verification are the upstream's fault: a
+                // bad gateway (502) for the client, not an internal error.
+                let e = match e {
+                    CacheError::Store(mismatch @ StoreError::DigestMismatch { .. }) => {
+                        metrics::counter!("regcache_digest_mismatch_total", "upstream" => self.upstream.name().to_owned())
+                            .increment(1);
+                        CacheError::UpstreamBody(mismatch.to_string())
+                    }
+                    other => other,
+                };
                 warn!(upstream = self.upstream.name(), repo = %self.repo, digest = %self.digest, error = %e, "blob download failed");
                 Progress::Failed(Arc::new(e))
             }

@@ -47,8 +47,10 @@ pub enum Fault {
     /// then close.
     Truncate { after: usize },
     /// Forward the response with every body byte inverted: same length,
-    /// wrong digest.
-    Corrupt,
+    /// wrong digest. With `drop_length` the `Content-Length` is left out
+    /// too (the body then ends when the connection closes), so the client
+    /// learns the size only at the end, as from a chunked upstream.
+    Corrupt { drop_length: bool },
     /// Forward the head and `after` body bytes, then send nothing until the
     /// client gives up or `stall` has passed, then close.
     Stall { after: usize, stall: Duration },
@@ -89,7 +91,7 @@ impl Fault {
     pub fn name(&self) -> &'static str {
         match self {
             Fault::Truncate { .. } => "truncate",
-            Fault::Corrupt => "corrupt",
+            Fault::Corrupt { .. } => "corrupt",
             Fault::Stall { .. } => "stall",
             Fault::Close => "close",
             Fault::Respond { .. } => "respond",
@@ -392,7 +394,14 @@ fn forward(
     let (head, rest) = read_head(&mut upstream)?;
     let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
     let mut out = format!("{}\r\n", lines.next().context("empty response head")?);
-    for line in lines.filter(|l| !l.to_ascii_lowercase().starts_with("connection:")) {
+    let drop_length = fault == Some(&Fault::Corrupt { drop_length: true });
+    for line in lines {
+        let name = line.split(':').next().unwrap_or_default().trim();
+        if name.eq_ignore_ascii_case("connection")
+            || (drop_length && name.eq_ignore_ascii_case("content-length"))
+        {
+            continue;
+        }
         out.push_str(line);
         out.push_str("\r\n");
     }
@@ -416,7 +425,7 @@ fn relay_body(mut from: impl Read, to: &mut TcpStream, fault: Option<&Fault>) ->
             break;
         }
         let chunk = &mut buf[..n];
-        if fault == Some(&Fault::Corrupt) {
+        if matches!(fault, Some(Fault::Corrupt { .. })) {
             chunk.iter_mut().for_each(|b| *b = !*b);
         }
         let keep = limit.map_or(n, |l| n.min(l - sent));
@@ -538,7 +547,8 @@ mod tests {
         let addr = proxy.url().replace("http://", "");
         proxy.set_rules(vec![
             Rule::new("GET", "/blobs/", Fault::Truncate { after: 4 }).times(1),
-            Rule::new("GET", "/manifests/", Fault::Corrupt),
+            Rule::new("GET", "/manifests/", Fault::Corrupt { drop_length: false }),
+            Rule::new("GET", "/tags/", Fault::Corrupt { drop_length: true }),
             Rule::new("HEAD", "/", Fault::respond(503, &[("Retry-After", "1")], "down")),
         ]);
         let (head, body) = send(&addr, "GET", "/v2/a/blobs/x", "");
@@ -547,6 +557,9 @@ mod tests {
         assert_eq!(send(&addr, "GET", "/v2/a/blobs/x", "").1, BODY);
         let (_, inverted) = send(&addr, "GET", "/v2/a/manifests/t", "");
         assert_eq!(inverted, BODY.iter().map(|b| !b).collect::<Vec<_>>());
+        let (head, no_length) = send(&addr, "GET", "/v2/a/tags/list", "");
+        assert!(!head.contains("Content-Length"), "{head}");
+        assert_eq!(no_length, inverted);
         let (head, body) = send(&addr, "HEAD", "/v2/a/manifests/t", "");
         assert!(
             head.starts_with("HTTP/1.1 503 ") && head.contains("Retry-After: 1"),
@@ -559,7 +572,14 @@ mod tests {
         let faults: Vec<_> = proxy.seen().iter().map(|s| s.fault).collect();
         assert_eq!(
             faults,
-            [Some("truncate"), None, Some("corrupt"), Some("respond"), None]
+            [
+                Some("truncate"),
+                None,
+                Some("corrupt"),
+                Some("corrupt"),
+                Some("respond"),
+                None
+            ]
         );
         assert_eq!(proxy.count("GET", "/blobs/"), 2);
     }
