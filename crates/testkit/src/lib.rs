@@ -27,6 +27,7 @@ mod layer;
 mod layout;
 mod process;
 mod registry;
+mod s3;
 mod skopeo;
 
 pub use digest::{sha256_bytes, sha256_file};
@@ -36,4 +37,5 @@ pub use layer::LayerCompression;
 pub use layout::{BuiltImage, BuiltIndex, ImageSpec, OciLayout};
 pub use process::Process;
 pub use registry::{AccessLine, Registry};
+pub use s3::S3Server;
 pub use skopeo::skopeo;
