@@ -3,13 +3,13 @@
 //! and gets stream. A test binary of its own, so that the peak resident size
 //! it reads is this test's alone.
 
+mod common;
+
 use std::io::{Read as _, Write as _};
 
 use anyhow::Context as _;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use bytes::Bytes;
-use futures_util::TryStreamExt as _;
-use objstore::{ObjectStore, S3Config, S3Store, S3Timeouts};
+use objstore::S3Timeouts;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 use testkit::S3Server;
@@ -28,38 +28,10 @@ fn peak_rss() -> anyhow::Result<usize> {
     Ok(kib << 10)
 }
 
-async fn hash_object(store: &ObjectStore, key: &str) -> anyhow::Result<String> {
-    let mut body = store.get(key, None).await?.context("missing")?;
-    let mut hash = Sha256::new();
-    while let Some(chunk) = body.try_next().await? {
-        hash.update(&chunk);
-    }
-    Ok(hex::encode(hash.finalize()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_objects_keep_memory_flat() -> anyhow::Result<()> {
     let server = S3Server::start()?;
-    let shared = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(server.region().to_owned()))
-        .credentials_provider(Credentials::new(
-            server.access_key(),
-            server.secret_key(),
-            None,
-            None,
-            "test",
-        ))
-        .load()
-        .await;
-    let cfg = S3Config {
-        bucket: server.bucket().to_owned(),
-        prefix: String::new(),
-        endpoint: Some(server.endpoint()),
-        region: server.region().to_owned(),
-        force_path_style: true,
-        timeouts: S3Timeouts::default(),
-    };
-    let store = ObjectStore::S3(S3Store::with_sdk_config(cfg, &shared)?);
+    let (store, _) = common::s3_store(&server, "", S3Timeouts::default()).await?;
 
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("big");
@@ -76,7 +48,7 @@ async fn large_objects_keep_memory_flat() -> anyhow::Result<()> {
     let before = peak_rss()?;
 
     store.put_file("put", &path, SIZE as u64).await?;
-    assert_eq!(hash_object(&store, "put").await?, sha);
+    assert_eq!(common::sha256_of(&store, "put", None).await?.0, sha);
 
     let mut writer = store.multipart("tee")?;
     let mut file = std::fs::File::open(&path)?;
@@ -90,7 +62,7 @@ async fn large_objects_keep_memory_flat() -> anyhow::Result<()> {
         writer.write(Bytes::from(chunk)).await?;
     }
     writer.complete().await?;
-    assert_eq!(hash_object(&store, "tee").await?, sha);
+    assert_eq!(common::sha256_of(&store, "tee", None).await?.0, sha);
 
     let growth = peak_rss()?.saturating_sub(before);
     eprintln!(

@@ -1,6 +1,8 @@
 //! The object tier against a real SeaweedFS (testkit::S3Server) and against
 //! a local directory: every test body runs on both kinds of store.
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -38,7 +40,7 @@ async fn fixtures() -> anyhow::Result<Vec<Fixture>> {
         _server: None,
     };
     let server = S3Server::start()?;
-    let (store, raw) = s3_store(&server, S3Timeouts::default()).await?;
+    let (store, raw) = common::s3_store(&server, PREFIX, S3Timeouts::default()).await?;
     let s3 = Fixture {
         name: "s3",
         store,
@@ -47,41 +49,6 @@ async fn fixtures() -> anyhow::Result<Vec<Fixture>> {
         _server: Some(server),
     };
     Ok(vec![fs, s3])
-}
-
-/// A store on `server` with its credentials given directly (tests cannot
-/// set environment variables), plus a raw client of the same bucket.
-async fn s3_store(
-    server: &S3Server,
-    timeouts: S3Timeouts,
-) -> anyhow::Result<(ObjectStore, aws_sdk_s3::Client)> {
-    let shared = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(server.region().to_owned()))
-        .credentials_provider(Credentials::new(
-            server.access_key(),
-            server.secret_key(),
-            None,
-            None,
-            "test",
-        ))
-        .load()
-        .await;
-    let cfg = S3Config {
-        bucket: server.bucket().to_owned(),
-        prefix: PREFIX.to_owned(),
-        endpoint: Some(server.endpoint()),
-        region: server.region().to_owned(),
-        force_path_style: true,
-        timeouts,
-    };
-    let store = S3Store::with_sdk_config(cfg, &shared)?;
-    let raw = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&shared)
-            .endpoint_url(server.endpoint())
-            .force_path_style(true)
-            .build(),
-    );
-    Ok((ObjectStore::S3(store), raw))
 }
 
 /// Runs `body` on every kind of store, naming the kind in a failure.
@@ -117,28 +84,6 @@ fn random_file(path: &Path, len: usize) -> anyhow::Result<String> {
         left -= chunk.len();
     }
     Ok(hex::encode(hash.finalize()))
-}
-
-/// sha256 and length of an object, hashed as it streams.
-async fn sha256_of(
-    store: &ObjectStore,
-    key: &str,
-    range: Option<(u64, u64)>,
-) -> anyhow::Result<(String, u64)> {
-    let body = store
-        .get(key, range)
-        .await?
-        .with_context(|| format!("{key} is missing"))?;
-    let announced = body.len();
-    let mut hash = Sha256::new();
-    let mut len = 0;
-    let mut body = body;
-    while let Some(chunk) = body.try_next().await? {
-        hash.update(&chunk);
-        len += chunk.len() as u64;
-    }
-    anyhow::ensure!(len == announced, "body of {len} bytes announced {announced}");
-    Ok((hex::encode(hash.finalize()), len))
 }
 
 async fn read_all(store: &ObjectStore, key: &str, range: Option<(u64, u64)>) -> anyhow::Result<Vec<u8>> {
@@ -201,7 +146,7 @@ async fn put_file_small_and_large() -> anyhow::Result<()> {
             let key = format!("put/{name}");
             f.store.put_file(&key, &path, len as u64).await?;
             assert_eq!(f.store.head(&key).await?, Some(len as u64));
-            assert_eq!(sha256_of(&f.store, &key, None).await?, (sha, len as u64));
+            assert_eq!(common::sha256_of(&f.store, &key, None).await?, (sha, len as u64));
             if let (Some((raw, bucket)), Some(parts)) = (&f.raw, parts) {
                 let head = raw
                     .head_object()
@@ -392,7 +337,7 @@ async fn a_stopped_server_is_unavailable() -> anyhow::Result<()> {
         attempt: Duration::from_secs(2),
         max_attempts: 2,
     };
-    let (store, _) = s3_store(&server, timeouts).await?;
+    let (store, _) = common::s3_store(&server, PREFIX, timeouts).await?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("file");
     random_file(&path, 10 * MIB)?;

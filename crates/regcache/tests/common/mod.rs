@@ -140,31 +140,8 @@ pub fn client() -> reqwest::Client {
 /// `..` and friends away, which would hide what the server does with them)
 /// and returns the status and body.
 pub fn raw_request(host: &str, method: &str, path: &str) -> (u16, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(host).expect("connecting");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .expect("writing request");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("reading response");
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("header end");
-    let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let body = response[split + 4..].to_vec();
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    (status, if chunked { dechunk(&body) } else { body })
+    let response = raw_request_with(host, method, path, &[]);
+    (response.status, response.body)
 }
 
 fn dechunk(mut body: &[u8]) -> Vec<u8> {
