@@ -1,6 +1,5 @@
 //! Helpers shared by the object store tests.
 
-
 use anyhow::Context as _;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use futures_util::TryStreamExt as _;
