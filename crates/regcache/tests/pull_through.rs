@@ -255,3 +255,43 @@ async fn manifests_carry_exact_bytes_and_headers() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_does_not_abort_the_download() {
+    let registry = Registry::start().unwrap();
+    let mut layout = OciLayout::new().unwrap();
+    let image = layout.add_image("v1", &spec(&[40 << 20])).unwrap();
+    layout.push("v1", &registry, "library/gone:v1").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let cache = Regcache::start(&registry, data.path(), &[]);
+    registry.clear_log();
+
+    let (digest, size) = image.layer_digests[0].clone();
+    let url = cache.url(&format!("/v2/gone/blobs/{digest}"));
+    let mut response = client().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.unwrap().expect("a first chunk");
+    assert!(!first.is_empty());
+    drop(response);
+
+    // The download goes on without the client and lands on disk verified.
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let stored = data.path().join("blobs/sha256").join(&hex[..2]).join(hex);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !stored.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "download was abandoned:\n{}",
+            cache.process.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(testkit::sha256_file(&stored).unwrap(), digest);
+    let again = client().get(&url).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(again.len() as u64, size);
+    assert_eq!(
+        registry.count("GET", &format!("/blobs/{digest}")),
+        1,
+        "the second GET came from disk"
+    );
+}
