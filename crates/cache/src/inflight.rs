@@ -196,17 +196,13 @@ impl Fetch {
 impl Download {
     /// Waits until the blob's total size is known.
     pub(crate) async fn size(&self) -> Result<u64, CacheError> {
-        let mut rx = self.progress.clone();
-        loop {
-            match &*rx.borrow_and_update() {
-                Progress::Running { size: Some(size), .. } | Progress::Done { size } => return Ok(*size),
-                Progress::Failed(e) => return Err(CacheError::Download(Arc::clone(e))),
-                Progress::Starting | Progress::Running { size: None, .. } => {}
-            }
-            if rx.changed().await.is_err() {
-                return Err(CacheError::UpstreamBody("download task ended".into()));
-            }
-        }
+        self.until(|progress| match progress {
+            Progress::Running { size: Some(size), .. } | Progress::Done { size } => Some(Ok(*size)),
+            Progress::Failed(e) => Some(Err(CacheError::Download(Arc::clone(e)))),
+            Progress::Starting | Progress::Running { size: None, .. } => None,
+        })
+        .await
+        .unwrap_or_else(|| Err(CacheError::UpstreamBody("download task ended".into())))
     }
 
     /// Streams `[start, end)` of the blob as the download provides it. The
@@ -218,23 +214,33 @@ impl Download {
 
     /// Waits until more than `pos` bytes may be read; returns how many may.
     pub(crate) async fn wait_past(&self, pos: u64) -> std::io::Result<u64> {
+        self.until(|progress| match progress {
+            Progress::Running { written, size } if visible(*written, *size) > pos => {
+                Some(Ok(visible(*written, *size)))
+            }
+            Progress::Done { size } if *size > pos => Some(Ok(*size)),
+            Progress::Done { .. } => Some(Err(std::io::Error::other("blob shorter than announced"))),
+            Progress::Failed(e) => Some(Err(std::io::Error::other(format!(
+                "upstream download failed: {e}"
+            )))),
+            Progress::Starting | Progress::Running { .. } => None,
+        })
+        .await
+        .unwrap_or_else(|| Err(std::io::Error::other("download task ended")))
+    }
+
+    /// Waits until `outcome` maps the published progress to a value; `None`
+    /// when the task ended without publishing one (it panicked).
+    async fn until<T>(&self, mut outcome: impl FnMut(&Progress) -> Option<T>) -> Option<T> {
         let mut rx = self.progress.clone();
-        loop {
-            match &*rx.borrow_and_update() {
-                Progress::Running { written, size } if visible(*written, *size) > pos => {
-                    return Ok(visible(*written, *size));
-                }
-                Progress::Done { size } if *size > pos => return Ok(*size),
-                Progress::Done { .. } => return Err(std::io::Error::other("blob shorter than announced")),
-                Progress::Failed(e) => {
-                    return Err(std::io::Error::other(format!("upstream download failed: {e}")));
-                }
-                Progress::Starting | Progress::Running { .. } => {}
-            }
-            if rx.changed().await.is_err() {
-                return Err(std::io::Error::other("download task ended"));
-            }
-        }
+        let mut found = None;
+        rx.wait_for(|progress| {
+            found = outcome(progress);
+            found.is_some()
+        })
+        .await
+        .ok()?;
+        found
     }
 }
 
