@@ -4,8 +4,14 @@ use oci::{ByteRange, Digest, RepoName};
 use store::MemoryObject;
 use tokio::io::AsyncReadExt;
 
+use futures_util::{StreamExt as _, TryStreamExt as _};
+
 use crate::body::{counted, file_range};
 use crate::{Body, Cache, CacheError, Source, Tier};
+
+/// A range starting this far past what a download from the object tier has
+/// written is read from the object tier directly instead of waiting.
+const RANGE_READ_AHEAD: u64 = 4 << 20;
 
 /// A blob ready to send: `size` is the whole blob's, `span` the half-open
 /// byte range sent when the request had a satisfiable Range.
@@ -57,18 +63,47 @@ impl Cache {
             else {
                 continue;
             };
-            let size = download.size().await?;
+            let (size, object_key) = download.size().await?;
             let (start, end) = span_of(range, size)?;
+            let span = range.map(|_| (start, end));
+            if let Some(key) = &object_key
+                && start > download.readable().saturating_add(RANGE_READ_AHEAD)
+                && let Some(body) = self.ranged_object(key, start, end).await
+            {
+                return Ok(BlobHit {
+                    size,
+                    span,
+                    body,
+                    tier: Tier::Object,
+                });
+            }
+            let tier = match (joined, object_key) {
+                (true, _) => Tier::Inflight,
+                (false, Some(_)) => Tier::Object,
+                (false, None) => Tier::Upstream,
+            };
             return Ok(BlobHit {
                 size,
-                span: range.map(|_| (start, end)),
+                span,
                 body: Body::Stream(download.follow(start, end)),
-                tier: if joined { Tier::Inflight } else { Tier::Upstream },
+                tier,
             });
         }
         Err(CacheError::UpstreamBody(
             "blob vanished from the disk tier while being served".into(),
         ))
+    }
+
+    /// `[start, end)` straight from the object tier, for a range the local
+    /// copy under way has not reached yet.
+    async fn ranged_object(&self, key: &str, start: u64, end: u64) -> Option<Body> {
+        let objects = self.objects.as_ref()?;
+        let body = objects.get(key, Some((start, end))).await?;
+        let objects = Arc::clone(objects);
+        let body = body
+            .inspect_err(move |e| objects.failed("get", e))
+            .map_err(std::io::Error::other);
+        Some(Body::Stream(body.boxed()))
     }
 
     async fn blob_from_disk(

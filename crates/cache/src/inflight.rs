@@ -1,19 +1,33 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
-use futures_util::{FutureExt as _, StreamExt};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt as _, StreamExt, TryStreamExt as _};
 use meta::{Command, Entry, EntryKind, Meta};
+use objstore::{MultipartWriter, ObjStoreError, ObjectKind};
 use oci::{Digest, RepoName};
-use store::{BlobWriter, DiskStore, StoreError};
+use store::{BlobWriter, Committed, DiskStore, StoreError};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 use upstream::Upstream;
 
+use crate::objects::{Objects, count_unstored};
 use crate::{BodyStream, CacheError, body, forget_evicted, unix_now};
 
 /// Writes are batched up to this size: fewer trips to the blocking pool.
 const WRITE_BATCH: u64 = 256 * 1024;
+/// How long one chunk may wait for the object store before the download
+/// stops storing there: a stalled store must not stall the clients.
+const TEE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where a download's bytes come from.
+#[derive(Clone, Debug)]
+pub(crate) enum Origin {
+    Upstream,
+    /// The object tier, under this key (another replica stored it).
+    Object(Arc<str>),
+}
 
 /// Progress of one upstream download, published to every follower.
 #[derive(Clone, Debug)]
@@ -23,6 +37,7 @@ pub(crate) enum Progress {
     Running {
         size: Option<u64>,
         written: u64,
+        origin: Origin,
     },
     /// Verified and committed to the disk tier.
     Done {
@@ -44,13 +59,15 @@ pub(crate) struct Download {
 pub(crate) struct Inflight {
     downloads: Mutex<HashMap<Digest, Arc<Download>>>,
     meta: Arc<Meta>,
+    objects: Option<Arc<Objects>>,
 }
 
 impl Inflight {
-    pub(crate) fn new(meta: Arc<Meta>) -> Self {
+    pub(crate) fn new(meta: Arc<Meta>, objects: Option<Arc<Objects>>) -> Self {
         Inflight {
             downloads: Mutex::new(HashMap::new()),
             meta,
+            objects,
         }
     }
 
@@ -106,15 +123,35 @@ struct Fetch {
     progress: watch::Sender<Progress>,
 }
 
+/// A verified blob on local disk, and where the object tier has it.
+struct Fetched {
+    committed: Committed,
+    object_key: Option<String>,
+}
+
+/// A download being copied into the object tier as it arrives.
+type Tee = Option<(String, MultipartWriter)>;
+
 impl Fetch {
     async fn run(self, writer: BlobWriter) {
-        let outcome = self.fetch(writer).await;
-        let final_state = match outcome {
-            Ok(size) => {
-                debug!(upstream = self.upstream.name(), digest = %self.digest, size, "blob cached");
-                Progress::Done { size }
+        let mut tee = None;
+        let outcome = self.fetch(writer, &mut tee).await;
+        let (final_state, fetched) = match outcome {
+            Ok(fetched) => {
+                debug!(upstream = self.upstream.name(), digest = %self.digest, size = fetched.committed.size, "blob cached");
+                (
+                    Progress::Done {
+                        size: fetched.committed.size,
+                    },
+                    Some(fetched),
+                )
             }
             Err(e) => {
+                if let Some((key, upload)) = tee.take()
+                    && let Err(abort) = upload.abort().await
+                {
+                    warn!(key, error = %abort, "aborting the object upload failed; the stale-upload sweep will");
+                }
                 // Bytes that fail verification are the upstream's fault: a
                 // bad gateway (502) for the client, not an internal error.
                 let e = match e {
@@ -126,7 +163,7 @@ impl Fetch {
                     other => other,
                 };
                 warn!(upstream = self.upstream.name(), repo = %self.repo, digest = %self.digest, error = %e, "blob download failed");
-                Progress::Failed(Arc::new(e))
+                (Progress::Failed(Arc::new(e)), None)
             }
         };
         // Leave the map first: a request arriving after the outcome is
@@ -134,13 +171,61 @@ impl Fetch {
         // (failure), never join a finished download.
         self.inflight.lock().remove(&self.digest);
         self.progress.send_replace(final_state);
+        if let Some(fetched) = fetched {
+            self.record(fetched, tee).await;
+        }
     }
 
-    async fn fetch(&self, mut writer: BlobWriter) -> Result<u64, CacheError> {
+    /// Copies the blob to local disk from the object tier if another
+    /// replica stored it there, else from the upstream while teeing it into
+    /// the object tier; commits it to disk once verified.
+    async fn fetch(&self, mut writer: BlobWriter, tee: &mut Tee) -> Result<Fetched, CacheError> {
+        if let Some(objects) = &self.inflight.objects {
+            let hint = self.inflight.meta.entry(&self.digest)?.and_then(|e| e.object_key);
+            if let Some((key, body)) = objects.open(ObjectKind::Blob, &self.digest, hint).await {
+                let size = body.len();
+                let objects = Arc::clone(objects);
+                let body = body
+                    .inspect_err(move |e| objects.failed("get", e))
+                    .map_err(CacheError::from)
+                    .boxed();
+                let origin = Origin::Object(Arc::from(key.as_str()));
+                self.copy(&mut writer, Some(size), origin, body, &mut None)
+                    .await?;
+                let committed = writer.commit().await?;
+                return Ok(Fetched {
+                    committed,
+                    object_key: Some(key),
+                });
+            }
+            *tee = objects.upload(ObjectKind::Blob, &self.digest);
+        }
         let blob = self.upstream.get_blob(&self.repo, &self.digest).await?;
-        let size = blob.size;
-        self.progress.send_replace(Progress::Running { size, written: 0 });
-        let mut body = blob.body;
+        let body = blob.body.map_err(CacheError::from).boxed();
+        self.copy(&mut writer, blob.size, Origin::Upstream, body, tee)
+            .await?;
+        let committed = writer.commit().await?;
+        Ok(Fetched {
+            committed,
+            object_key: None,
+        })
+    }
+
+    /// Writes `body` to the temp file (and `tee`), publishing progress.
+    async fn copy(
+        &self,
+        writer: &mut BlobWriter,
+        size: Option<u64>,
+        origin: Origin,
+        mut body: BoxStream<'static, Result<Bytes, CacheError>>,
+        tee: &mut Tee,
+    ) -> Result<(), CacheError> {
+        let running = |written| Progress::Running {
+            size,
+            written,
+            origin: origin.clone(),
+        };
+        self.progress.send_replace(running(0));
         while let Some(chunk) = body.next().await {
             let mut chunk = chunk?;
             // Coalesce what has already arrived into one write.
@@ -154,13 +239,14 @@ impl Fetch {
                 }
                 chunk = batch.freeze();
             }
-            let written = writer.append(chunk).await?;
+            let written = writer.append(chunk.clone()).await?;
             if size.is_some_and(|s| written > s) {
                 return Err(CacheError::UpstreamBody(
                     "upstream sent more bytes than announced".into(),
                 ));
             }
-            self.progress.send_replace(Progress::Running { size, written });
+            self.progress.send_replace(running(written));
+            self.tee_write(tee, chunk).await;
         }
         let written = writer.written();
         if size.is_some_and(|s| s != written) {
@@ -168,17 +254,48 @@ impl Fetch {
                 "upstream body ended after {written} bytes"
             )));
         }
-        let committed = writer.commit().await?;
+        Ok(())
+    }
+
+    /// Copies a chunk into the object tier; on failure the upload is
+    /// dropped (and so aborted) and the download goes on without it.
+    async fn tee_write(&self, tee: &mut Tee, chunk: Bytes) {
+        let (Some((_, upload)), Some(objects)) = (tee.as_mut(), &self.inflight.objects) else {
+            return;
+        };
+        let error = match tokio::time::timeout(TEE_WAIT, upload.write(chunk)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(_) => ObjStoreError::Unavailable {
+                operation: "upload_part",
+                detail: format!("no progress for {TEE_WAIT:?}"),
+            },
+        };
+        objects.failed("upload_part", &error);
+        *tee = None;
+    }
+
+    /// Completes the object upload and records the blob in the index. The
+    /// blob is safely on disk by now: failures here are logged, not fatal.
+    async fn record(&self, fetched: Fetched, tee: Tee) {
+        let mut object_key = fetched.object_key;
+        if let (Some((key, upload)), Some(objects)) = (tee, &self.inflight.objects)
+            && objects.complete(upload).await
+        {
+            object_key = Some(key);
+        }
+        if object_key.is_none() && self.inflight.objects.is_some() {
+            count_unstored(ObjectKind::Blob);
+        }
         let entry = Entry {
-            size: committed.size,
+            size: fetched.committed.size,
             kind: EntryKind::Blob,
             media_type: None,
             refs: Vec::new(),
             last_access: unix_now().as_secs(),
-            object_key: None,
+            object_key,
         };
         let meta = &self.inflight.meta;
-        // The blob is safely on disk: a failed index write is logged, not fatal.
         if let Err(e) = meta
             .propose(Command::PutEntry {
                 digest: self.digest.clone(),
@@ -188,16 +305,28 @@ impl Fetch {
         {
             warn!(digest = %self.digest, error = %e, "recording blob in the index failed");
         }
-        forget_evicted(meta, committed.evicted).await;
-        Ok(committed.size)
+        forget_evicted(meta, fetched.committed.evicted).await;
     }
 }
 
 impl Download {
-    /// Waits until the blob's total size is known.
-    pub(crate) async fn size(&self) -> Result<u64, CacheError> {
+    /// Waits until the blob's total size is known. Also returns the object
+    /// key when the bytes come from the object tier: a range far ahead of
+    /// the download is better read from there directly.
+    pub(crate) async fn size(&self) -> Result<(u64, Option<Arc<str>>), CacheError> {
         self.until(|progress| match progress {
-            Progress::Running { size: Some(size), .. } | Progress::Done { size } => Some(Ok(*size)),
+            Progress::Running {
+                size: Some(size),
+                origin,
+                ..
+            } => {
+                let key = match origin {
+                    Origin::Object(key) => Some(Arc::clone(key)),
+                    Origin::Upstream => None,
+                };
+                Some(Ok((*size, key)))
+            }
+            Progress::Done { size } => Some(Ok((*size, None))),
             Progress::Failed(e) => Some(Err(CacheError::Download(Arc::clone(e)))),
             Progress::Starting | Progress::Running { size: None, .. } => None,
         })
@@ -212,10 +341,19 @@ impl Download {
         body::file_range(Arc::clone(&self.file), start, end, Some(self))
     }
 
+    /// How many bytes followers may read right now.
+    pub(crate) fn readable(&self) -> u64 {
+        match &*self.progress.borrow() {
+            Progress::Running { written, size, .. } => visible(*written, *size),
+            Progress::Done { size } => *size,
+            Progress::Starting | Progress::Failed(_) => 0,
+        }
+    }
+
     /// Waits until more than `pos` bytes may be read; returns how many may.
     pub(crate) async fn wait_past(&self, pos: u64) -> std::io::Result<u64> {
         self.until(|progress| match progress {
-            Progress::Running { written, size } if visible(*written, *size) > pos => {
+            Progress::Running { written, size, .. } if visible(*written, *size) > pos => {
                 Some(Ok(visible(*written, *size)))
             }
             Progress::Done { size } if *size > pos => Some(Ok(*size)),

@@ -8,6 +8,7 @@ mod body;
 mod inflight;
 mod keyed_lock;
 mod manifest;
+mod objects;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +22,7 @@ use upstream::{Upstream, UpstreamError};
 
 pub use blob::BlobHit;
 pub use manifest::ManifestHit;
+pub use objects::Objects;
 
 /// A body streamed to the client; an error ends the response early.
 pub type BodyStream = BoxStream<'static, std::io::Result<Bytes>>;
@@ -36,6 +38,8 @@ pub enum Body {
 pub enum Tier {
     Memory,
     Disk,
+    /// The shared object tier (S3 or a shared directory).
+    Object,
     /// Joined a download another request started.
     Inflight,
     Upstream,
@@ -48,6 +52,7 @@ impl Tier {
         match self {
             Tier::Memory => "memory",
             Tier::Disk => "disk",
+            Tier::Object => "object",
             Tier::Inflight => "inflight",
             Tier::Upstream => "upstream",
             Tier::Stale => "stale",
@@ -61,6 +66,9 @@ pub enum CacheError {
     Upstream(#[from] UpstreamError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The object tier failed while a blob was being read from it.
+    #[error(transparent)]
+    ObjectStore(#[from] objstore::ObjStoreError),
     #[error("metadata: {0}")]
     Meta(#[from] MetaError),
     #[error("upstream body: {0}")]
@@ -96,6 +104,8 @@ pub struct Source {
 pub struct Cache {
     memory: MemoryStore,
     disk: DiskStore,
+    /// `None` when the disk tier is the only copy (the embedded default).
+    objects: Option<Arc<Objects>>,
     meta: Arc<Meta>,
     inflight: Arc<inflight::Inflight>,
     manifest_locks: keyed_lock::KeyedLocks<Digest>,
@@ -104,11 +114,18 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn new(memory: MemoryStore, disk: DiskStore, meta: Arc<Meta>, settings: CacheSettings) -> Self {
+    pub fn new(
+        memory: MemoryStore,
+        disk: DiskStore,
+        objects: Option<Arc<Objects>>,
+        meta: Arc<Meta>,
+        settings: CacheSettings,
+    ) -> Self {
         Cache {
-            inflight: Arc::new(inflight::Inflight::new(Arc::clone(&meta))),
+            inflight: Arc::new(inflight::Inflight::new(Arc::clone(&meta), objects.clone())),
             memory,
             disk,
+            objects,
             meta,
             manifest_locks: keyed_lock::KeyedLocks::new(),
             tag_locks: keyed_lock::KeyedLocks::new(),
@@ -117,12 +134,18 @@ impl Cache {
     }
 }
 
-/// Drops blobs the disk tier evicted from the index, so it stays truthful.
+/// Drops blobs the disk tier evicted from the index, so it stays truthful;
+/// entries the object tier still holds stay.
 async fn forget_evicted(meta: &Meta, evicted: Vec<Digest>) {
     if evicted.is_empty() {
         return;
     }
     tracing::debug!(count = evicted.len(), "disk tier evicted objects");
+    let stored_elsewhere = |d: &Digest| matches!(meta.entry(d), Ok(Some(e)) if e.object_key.is_some());
+    let evicted: Vec<Digest> = evicted.into_iter().filter(|d| !stored_elsewhere(d)).collect();
+    if evicted.is_empty() {
+        return;
+    }
     if let Err(e) = meta
         .propose(meta::Command::RemoveEntries { digests: evicted })
         .await

@@ -1,5 +1,6 @@
 use bytes::Bytes;
 use meta::{Command, Entry, EntryKind, TagKey, TagRecord};
+use objstore::ObjectKind;
 use oci::{Digest, Reference, RepoName, Tag, media_types, parse_manifest};
 use store::MemoryObject;
 use tokio::io::AsyncReadExt;
@@ -64,6 +65,7 @@ impl Cache {
             .await
     }
 
+    /// A manifest already in a tier: memory, local disk, or the object tier.
     async fn stored_manifest(&self, digest: &Digest) -> Result<Option<ManifestHit>, CacheError> {
         if let Some(MemoryObject {
             bytes,
@@ -78,8 +80,9 @@ impl Cache {
                 tier: Tier::Memory,
             }));
         }
+        let entry = self.meta.entry(digest)?;
         let Some((mut file, size)) = self.disk.open_blob(digest).await? else {
-            return Ok(None);
+            return self.manifest_from_objects(digest, entry).await;
         };
         if size > self.settings.max_manifest_bytes {
             return Err(CacheError::ManifestInvalid(format!(
@@ -91,7 +94,7 @@ impl Cache {
             .await
             .map_err(|e| CacheError::UpstreamBody(e.to_string()))?;
         let bytes = Bytes::from(bytes);
-        let media_type = match self.meta.entry(digest)?.and_then(|e| e.media_type) {
+        let media_type = match entry.and_then(|e| e.media_type) {
             Some(media_type) => media_type,
             None => {
                 parse_manifest(None, &bytes)
@@ -112,14 +115,66 @@ impl Cache {
         }))
     }
 
+    /// A manifest another replica stored in the object tier, verified and
+    /// kept in the local tiers.
+    async fn manifest_from_objects(
+        &self,
+        digest: &Digest,
+        entry: Option<Entry>,
+    ) -> Result<Option<ManifestHit>, CacheError> {
+        let Some(objects) = &self.objects else {
+            return Ok(None);
+        };
+        let hint = entry.as_ref().and_then(|e| e.object_key.clone());
+        let max = self.settings.max_manifest_bytes;
+        let Some((key, bytes)) = objects.read_small(ObjectKind::Manifest, digest, hint, max).await else {
+            return Ok(None);
+        };
+        if digest_of(digest, &bytes) != *digest {
+            metrics::counter!("regcache_digest_mismatch_total", "upstream" => "object-store").increment(1);
+            warn!(key, digest = %digest, "object does not match its digest, ignored");
+            return Ok(None);
+        }
+        let media_type = entry.and_then(|e| e.media_type);
+        let hit = self
+            .keep_manifest(digest, bytes, media_type.as_deref(), Some(key))
+            .await?;
+        Ok(Some(ManifestHit {
+            tier: Tier::Object,
+            ..hit
+        }))
+    }
+
+    /// Stores a manifest fetched from the upstream in every tier.
     async fn store_manifest(
         &self,
         digest: &Digest,
         bytes: Bytes,
         content_type: &str,
     ) -> Result<ManifestHit, CacheError> {
-        let info = parse_manifest(Some(content_type), &bytes)
-            .map_err(|e| CacheError::ManifestInvalid(e.to_string()))?;
+        let object_key = match &self.objects {
+            Some(objects) => {
+                objects
+                    .put_small(ObjectKind::Manifest, digest, bytes.clone())
+                    .await
+            }
+            None => None,
+        };
+        self.keep_manifest(digest, bytes, Some(content_type), object_key)
+            .await
+    }
+
+    /// Writes a verified manifest to disk and memory and records it in the
+    /// index (with the object key holding it, if any).
+    async fn keep_manifest(
+        &self,
+        digest: &Digest,
+        bytes: Bytes,
+        content_type: Option<&str>,
+        object_key: Option<String>,
+    ) -> Result<ManifestHit, CacheError> {
+        let info =
+            parse_manifest(content_type, &bytes).map_err(|e| CacheError::ManifestInvalid(e.to_string()))?;
         let mut writer = self.disk.writer(digest)?;
         writer.append(bytes.clone()).await?;
         let committed = writer.commit().await?;
@@ -134,7 +189,7 @@ impl Cache {
             media_type: Some(info.media_type.clone()),
             refs: info.references,
             last_access: unix_now().as_secs(),
-            object_key: None,
+            object_key,
         };
         self.meta
             .propose(Command::PutEntry {
@@ -207,7 +262,9 @@ impl Cache {
         known: bool,
     ) -> Result<ManifestHit, CacheError> {
         let reference = Reference::Tag(tag.clone());
-        if known {
+        // With an object tier, another replica may hold the manifest already:
+        // a HEAD (free on Docker Hub) then finds it by digest.
+        if known || self.objects.is_some() {
             let head = src
                 .upstream
                 .head_manifest(repo, &reference, media_types::ALL_MANIFESTS)
@@ -270,9 +327,7 @@ impl Cache {
 
 /// Checks manifest bytes against the digest they were asked or announced by.
 fn verify(src: &Source, expected: &Digest, bytes: &[u8]) -> Result<(), CacheError> {
-    let mut hasher = expected.hasher();
-    hasher.update(bytes);
-    let actual = hasher.finish();
+    let actual = digest_of(expected, bytes);
     if &actual != expected {
         metrics::counter!("regcache_digest_mismatch_total", "upstream" => src.upstream.name().to_owned())
             .increment(1);
@@ -282,4 +337,11 @@ fn verify(src: &Source, expected: &Digest, bytes: &[u8]) -> Result<(), CacheErro
         });
     }
     Ok(())
+}
+
+/// The digest of `bytes` by `expected`'s algorithm.
+fn digest_of(expected: &Digest, bytes: &[u8]) -> Digest {
+    let mut hasher = expected.hasher();
+    hasher.update(bytes);
+    hasher.finish()
 }

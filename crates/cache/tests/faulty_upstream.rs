@@ -41,7 +41,7 @@ fn cache_over(dir: &std::path::Path, url: &str) -> (Cache, Source, DiskStore) {
         max_stale: Duration::from_secs(60),
         max_manifest_bytes: 1 << 20,
     };
-    let cache = Cache::new(MemoryStore::new(1 << 20, 0), disk.clone(), meta, settings);
+    let cache = Cache::new(MemoryStore::new(1 << 20, 0), disk.clone(), None, meta, settings);
     let upstream = Upstream::new(UpstreamConfig {
         name: "docker.io".into(),
         remote_url: url.parse().expect("url"),

@@ -9,27 +9,46 @@ use oci::Digest;
 
 use crate::ObjStoreError;
 
-const BLOBS: &str = "blobs/";
-
-/// `blobs/<alg>/<hex>/<upload-id>`.
-pub fn blob_key(digest: &Digest, upload_id: &str) -> String {
-    format!(
-        "{BLOBS}{}/{}/{upload_id}",
-        digest.algorithm().as_str(),
-        digest.hex()
-    )
+/// What an object holds. Manifests get their own key space so that an
+/// index rebuild knows which objects to parse for references.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    Blob,
+    Manifest,
 }
 
-/// The digest and upload id a key made by [`blob_key`] names; `None` for any
-/// other key (so an index rebuild skips foreign objects in the bucket).
-pub fn parse_blob_key(key: &str) -> Option<(Digest, &str)> {
-    let mut parts = key.strip_prefix(BLOBS)?.split('/');
+impl ObjectKind {
+    fn dir(self) -> &'static str {
+        match self {
+            ObjectKind::Blob => "blobs/",
+            ObjectKind::Manifest => "manifests/",
+        }
+    }
+}
+
+/// `<kind>/<alg>/<hex>/`: every upload of one digest, for a LIST.
+pub fn object_prefix(kind: ObjectKind, digest: &Digest) -> String {
+    format!("{}{}/{}/", kind.dir(), digest.algorithm().as_str(), digest.hex())
+}
+
+/// `<kind>/<alg>/<hex>/<upload-id>`, e.g. `blobs/sha256/<hex>/<upload-id>`.
+pub fn object_key(kind: ObjectKind, digest: &Digest, upload_id: &str) -> String {
+    format!("{}{upload_id}", object_prefix(kind, digest))
+}
+
+/// What a key made by [`object_key`] names; `None` for any other key (so an
+/// index rebuild skips foreign objects in the bucket).
+pub fn parse_object_key(key: &str) -> Option<(ObjectKind, Digest, &str)> {
+    let (kind, rest) = [ObjectKind::Blob, ObjectKind::Manifest]
+        .into_iter()
+        .find_map(|kind| Some((kind, key.strip_prefix(kind.dir())?)))?;
+    let mut parts = rest.split('/');
     let (alg, hex, upload_id) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || upload_id.is_empty() {
         return None;
     }
     let digest = format!("{alg}:{hex}").parse().ok()?;
-    Some((digest, upload_id))
+    Some((kind, digest, upload_id))
 }
 
 /// A fresh upload id: 16 hex digits of unix milliseconds, so ids sort by
@@ -58,16 +77,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn blob_keys_round_trip() {
+    fn object_keys_round_trip() {
         let digest = Digest::sha256_of(b"hello");
         let id = new_upload_id();
-        let key = blob_key(&digest, &id);
+        let key = object_key(ObjectKind::Blob, &digest, &id);
         assert_eq!(key, format!("blobs/sha256/{}/{id}", digest.hex()));
-        assert_eq!(parse_blob_key(&key), Some((digest.clone(), id.as_str())));
-        assert_eq!(parse_blob_key("blobs/sha256/abc/x"), None);
-        assert_eq!(parse_blob_key(&format!("blobs/sha256/{}/", digest.hex())), None);
-        assert_eq!(parse_blob_key(&format!("{key}/more")), None);
-        assert_eq!(parse_blob_key("snapshots/1"), None);
+        assert!(key.starts_with(&object_prefix(ObjectKind::Blob, &digest)));
+        assert_eq!(
+            parse_object_key(&key),
+            Some((ObjectKind::Blob, digest.clone(), id.as_str()))
+        );
+        let manifest = object_key(ObjectKind::Manifest, &digest, &id);
+        assert_eq!(manifest, format!("manifests/sha256/{}/{id}", digest.hex()));
+        assert_eq!(
+            parse_object_key(&manifest),
+            Some((ObjectKind::Manifest, digest.clone(), id.as_str()))
+        );
+        assert_eq!(parse_object_key("blobs/sha256/abc/x"), None);
+        assert_eq!(parse_object_key(&format!("blobs/sha256/{}/", digest.hex())), None);
+        assert_eq!(parse_object_key(&format!("{key}/more")), None);
+        assert_eq!(parse_object_key("snapshots/1"), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::clients;
-use crate::config::{check_remote_url, check_upstream_name};
+use crate::config::{RawStorage, check_remote_url, check_upstream_name};
 
 /// A pull-through cache for OCI and Docker registries.
 #[derive(Debug, Parser)]
@@ -109,6 +109,52 @@ pub struct ServeOverrides {
     /// repeatable, e.g. --upstream docker.io=http://127.0.0.1:5001.
     #[arg(long = "upstream", value_name = "NAME=URL")]
     pub upstreams: Vec<UpstreamOverride>,
+    #[command(flatten)]
+    pub storage: StorageOverrides,
+}
+
+/// `[storage]` settings from the command line; checked with the file's rules.
+#[derive(Clone, Debug, Default, Args)]
+pub struct StorageOverrides {
+    /// Keep content in this S3 bucket (sets `storage.kind = "s3"`).
+    #[arg(long, env = "REGCACHE_S3_BUCKET", value_name = "BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Key prefix inside the bucket.
+    #[arg(long, env = "REGCACHE_S3_PREFIX", value_name = "PREFIX")]
+    pub s3_prefix: Option<String>,
+    /// Endpoint of an S3-compatible store, e.g. http://127.0.0.1:8333.
+    #[arg(long, env = "REGCACHE_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "REGCACHE_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Address the bucket as ENDPOINT/BUCKET (most S3-compatible stores need it).
+    #[arg(long, env = "REGCACHE_S3_FORCE_PATH_STYLE")]
+    pub s3_force_path_style: bool,
+}
+
+impl StorageOverrides {
+    /// The file's `[storage]` with these settings on top.
+    pub(crate) fn apply(&self, mut raw: RawStorage) -> RawStorage {
+        if self.s3_bucket.is_some() {
+            raw.kind = Some("s3".to_owned());
+            raw.path = None;
+        }
+        let pairs = [
+            (&mut raw.bucket, &self.s3_bucket),
+            (&mut raw.prefix, &self.s3_prefix),
+            (&mut raw.endpoint, &self.s3_endpoint),
+            (&mut raw.region, &self.s3_region),
+        ];
+        for (field, flag) in pairs {
+            if flag.is_some() {
+                field.clone_from(flag);
+            }
+        }
+        if self.s3_force_path_style {
+            raw.force_path_style = Some(true);
+        }
+        raw
+    }
 }
 
 /// One `--upstream NAME=URL`, checked by the same rules as the file.

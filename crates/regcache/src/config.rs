@@ -7,6 +7,7 @@
 mod fields;
 mod raw;
 mod render;
+mod storage;
 mod upstreams;
 mod validate;
 
@@ -22,7 +23,9 @@ use upstream::Secret;
 use crate::cli::ServeOverrides;
 
 pub(crate) use fields::{check_remote_url, check_upstream_name};
+pub(crate) use raw::RawStorage;
 pub use render::render_redacted;
+pub use storage::{StorageConfig, StorageKind};
 
 /// The effective configuration of one replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +35,7 @@ pub struct Config {
     /// Upstream for requests that name none (no `ns` and no host prefix).
     pub default_upstream: String,
     pub cache: CacheConfig,
+    pub storage: StorageConfig,
     pub upstreams: Vec<UpstreamConfigEntry>,
 }
 

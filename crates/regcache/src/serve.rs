@@ -5,15 +5,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
-use cache::{Cache, CacheSettings, Source};
+use cache::{Cache, CacheSettings, Objects, Source};
 use meta::Meta;
 use metrics_exporter_prometheus::PrometheusHandle;
+use objstore::{FsStore, ObjectStore, S3Config, S3Store, S3Timeouts};
 use server::{AppState, Routes};
 use store::{DiskStore, MemoryStore};
 use tracing::info;
 use upstream::{Upstream, UpstreamConfig};
 
-use crate::config::Config;
+use crate::config::{Config, StorageConfig, StorageKind};
 
 /// How often batched last-access times are written.
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
@@ -30,7 +31,8 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         max_stale: config.cache.max_stale,
         max_manifest_bytes: config.cache.max_manifest_bytes,
     };
-    let cache = Arc::new(Cache::new(memory, disk, Arc::clone(&meta), settings));
+    let objects = object_tier(&config.storage).await?;
+    let cache = Arc::new(Cache::new(memory, disk, objects, Arc::clone(&meta), settings));
 
     let mut sources = Vec::new();
     for entry in &config.upstreams {
@@ -69,7 +71,12 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
             tracing::debug!(error = %e, "setting tcp_nodelay failed");
         }
     });
-    info!(listen = %local_addr, data_dir = %config.data_dir.display(), upstreams = config.upstreams.len(), "regcache serving");
+    let storage = match &config.storage.kind {
+        StorageKind::Fs { path: None } => "disk",
+        StorageKind::Fs { path: Some(_) } => "fs",
+        StorageKind::S3(_) => "s3",
+    };
+    info!(listen = %local_addr, data_dir = %config.data_dir.display(), storage, upstreams = config.upstreams.len(), "regcache serving");
     axum::serve(listener, server::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -79,6 +86,43 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     }
     info!("regcache stopped");
     Ok(())
+}
+
+/// The shared object tier, or `None` when the disk tier is the only copy.
+/// Building it does not contact the store: a replica starts and serves its
+/// disk while S3 is down.
+pub async fn object_store(storage: &StorageConfig) -> anyhow::Result<Option<ObjectStore>> {
+    let store = match &storage.kind {
+        StorageKind::Fs { path: None } => return Ok(None),
+        StorageKind::Fs { path: Some(path) } => ObjectStore::Fs(
+            FsStore::new(path).with_context(|| format!("opening object directory {}", path.display()))?,
+        ),
+        StorageKind::S3(s3) => ObjectStore::S3(
+            S3Store::new(S3Config {
+                bucket: s3.bucket.clone(),
+                prefix: s3.prefix.clone(),
+                endpoint: s3
+                    .endpoint
+                    .as_ref()
+                    .map(|u| u.as_str().trim_end_matches('/').to_owned()),
+                region: s3.region.clone(),
+                force_path_style: s3.force_path_style,
+                timeouts: S3Timeouts::default(),
+            })
+            .await
+            .context("configuring the s3 client")?,
+        ),
+    };
+    Ok(Some(store))
+}
+
+async fn object_tier(storage: &StorageConfig) -> anyhow::Result<Option<Arc<Objects>>> {
+    let Some(store) = object_store(storage).await? else {
+        return Ok(None);
+    };
+    let objects = Arc::new(Objects::new(store));
+    objects.spawn_stale_upload_sweeper(storage.abort_uploads_after);
+    Ok(Some(objects))
 }
 
 async fn shutdown_signal() {

@@ -66,6 +66,8 @@ impl ApiError {
             | CacheError::ManifestDigestMismatch { .. }) => {
                 ApiError::new(ErrorCode::Unknown, e.to_string()).with_status(StatusCode::BAD_GATEWAY)
             }
+            // The client's retry goes to the upstream while the store is bypassed.
+            e @ CacheError::ObjectStore(_) => ApiError::new(ErrorCode::Unavailable, e.to_string()),
             e @ (CacheError::Store(_) | CacheError::Meta(_)) => {
                 tracing::error!(error = %e, "internal error");
                 ApiError::new(ErrorCode::Unknown, "internal error")

@@ -54,6 +54,9 @@ pub enum Fault {
     /// Forward the head and `after` body bytes, then send nothing until the
     /// client gives up or `stall` has passed, then close.
     Stall { after: usize, stall: Duration },
+    /// Forward the head and `after` body bytes, wait `pause`, then forward
+    /// the rest: a download that is surely under way while the test acts.
+    Pause { after: usize, pause: Duration },
     /// Read the request and close the connection without answering.
     Close,
     /// Answer this instead of asking the upstream (`Content-Length` added).
@@ -93,6 +96,7 @@ impl Fault {
             Fault::Truncate { .. } => "truncate",
             Fault::Corrupt { .. } => "corrupt",
             Fault::Stall { .. } => "stall",
+            Fault::Pause { .. } => "pause",
             Fault::Close => "close",
             Fault::Respond { .. } => "respond",
             Fault::Redirect => "redirect",
@@ -417,10 +421,23 @@ fn relay_body(mut from: impl Read, to: &mut TcpStream, fault: Option<&Fault>) ->
         Some(Fault::Truncate { after } | Fault::Stall { after, .. }) => Some(*after),
         _ => None,
     };
+    let mut pause = match fault {
+        Some(Fault::Pause { after, pause }) => Some((*after, *pause)),
+        _ => None,
+    };
     let mut sent = 0;
     let mut buf = vec![0u8; 64 << 10];
     while limit.is_none_or(|l| sent < l) {
-        let n = from.read(&mut buf)?;
+        // Reads stop at the pause point, so exactly `after` bytes go first.
+        let want = pause.map_or(buf.len(), |(after, _)| buf.len().min(after - sent));
+        if want == 0 {
+            to.flush()?;
+            if let Some((_, duration)) = pause.take() {
+                thread::sleep(duration);
+            }
+            continue;
+        }
+        let n = from.read(&mut buf[..want])?;
         if n == 0 {
             break;
         }

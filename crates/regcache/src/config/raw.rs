@@ -17,7 +17,22 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub cache: RawCache,
     #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default)]
     pub upstream: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStorage {
+    pub kind: Option<String>,
+    pub path: Option<PathBuf>,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub abort_uploads_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

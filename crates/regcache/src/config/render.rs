@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Config, PasswordSource, UpstreamConfigEntry};
+use super::{Config, PasswordSource, StorageConfig, StorageKind, UpstreamConfigEntry};
 
 const HEADER: &str = "\
 # effective configuration: built-in defaults, file and command line merged.
@@ -20,7 +20,26 @@ struct Rendered<'a> {
     default_upstream: &'a str,
     builtin_upstreams: bool,
     cache: RenderedCache,
+    storage: RenderedStorage<'a>,
     upstream: Vec<RenderedUpstream<'a>>,
+}
+
+#[derive(Serialize)]
+struct RenderedStorage<'a> {
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bucket: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefix: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    force_path_style: Option<bool>,
+    abort_uploads_after: String,
 }
 
 #[derive(Serialize)]
@@ -72,10 +91,36 @@ pub fn render_redacted(cfg: &Config) -> String {
             max_manifest_bytes: size(c.max_manifest_bytes),
             memory_object_max: size(c.memory_object_max),
         },
+        storage: storage(&cfg.storage),
         upstream: cfg.upstreams.iter().map(upstream).collect(),
     };
     let body = toml::to_string(&rendered).expect("strings, booleans and tables always serialize");
     format!("{HEADER}{body}")
+}
+
+fn storage(s: &StorageConfig) -> RenderedStorage<'_> {
+    let mut rendered = RenderedStorage {
+        kind: "fs",
+        path: None,
+        bucket: None,
+        prefix: None,
+        endpoint: None,
+        region: None,
+        force_path_style: None,
+        abort_uploads_after: duration(s.abort_uploads_after),
+    };
+    match &s.kind {
+        StorageKind::Fs { path } => rendered.path = path.as_ref().map(|p| p.display().to_string()),
+        StorageKind::S3(s3) => {
+            rendered.kind = "s3";
+            rendered.bucket = Some(&s3.bucket);
+            rendered.prefix = Some(&s3.prefix);
+            rendered.endpoint = s3.endpoint.as_ref().map(url::Url::as_str);
+            rendered.region = Some(&s3.region);
+            rendered.force_path_style = Some(s3.force_path_style);
+        }
+    }
+    rendered
 }
 
 fn upstream(u: &UpstreamConfigEntry) -> RenderedUpstream<'_> {

@@ -379,6 +379,7 @@ fn command_line_wins_over_file() {
         .iter()
         .map(|s| s.parse::<UpstreamOverride>().unwrap())
         .collect(),
+        ..ServeOverrides::default()
     };
     let cfg = load(Some(file.path()), &overrides).unwrap();
     assert_eq!(cfg.listen, "127.0.0.1:5555".parse().unwrap());

@@ -32,6 +32,7 @@ pub(super) fn validate(raw: RawConfig, overrides: &ServeOverrides) -> Result<Con
         return Err(FieldError::new("data_dir", "must not be empty"));
     }
     let cache = cache(&raw.cache)?;
+    let storage = super::storage::storage(raw.storage, &overrides.storage)?;
     let upstreams = upstreams::resolve(
         raw.builtin_upstreams.unwrap_or(true),
         raw.upstream,
@@ -51,6 +52,7 @@ pub(super) fn validate(raw: RawConfig, overrides: &ServeOverrides) -> Result<Con
         data_dir: overrides.data_dir.clone().unwrap_or(data_dir),
         default_upstream,
         cache,
+        storage,
         upstreams,
     })
 }

@@ -14,49 +14,44 @@ pub struct Regcache {
     pub port: u16,
     pub data_dir: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Regcache {
     /// Starts regcache with `docker.io` (the default upstream) pointing at
     /// `upstream`, plus `extra` arguments.
     pub fn start(upstream: &Registry, data_dir: &Path, extra: &[&str]) -> Regcache {
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--upstream".into(),
-            format!("docker.io={}", upstream.url()),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Self::start_with_args(data_dir, args)
+        Self::start_env(upstream, data_dir, extra, &[])
+    }
+
+    /// Like [`Regcache::start`], with environment variables (e.g. the AWS
+    /// credentials of a `testkit::S3Server`).
+    pub fn start_env(
+        upstream: &Registry,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Regcache {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        Self::start_with_args(data_dir, args(&upstream.url(), data_dir, extra), env)
     }
 
     /// Like [`Regcache::start`], with `docker.io` pointing at `upstream_url`
     /// (e.g. a `testkit::FaultProxy` in front of the registry).
     pub fn start_url(upstream_url: &str, data_dir: &Path, extra: &[&str]) -> Regcache {
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--upstream".into(),
-            format!("docker.io={upstream_url}"),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Self::start_with_args(data_dir, args)
+        Self::start_with_args(data_dir, args(upstream_url, data_dir, extra), Vec::new())
     }
 
     /// Binds port 0 and reads the bound address from the startup log line,
     /// so parallel tests never race for a port.
-    fn start_with_args(data_dir: &Path, args: Vec<String>) -> Regcache {
+    fn start_with_args(data_dir: &Path, args: Vec<String>, env: Vec<(String, String)>) -> Regcache {
         let mut full = args.clone();
         full.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
-        let process = Process::spawn(
-            Path::new(env!("CARGO_BIN_EXE_regcache")),
-            &refs,
-            &[("RUST_LOG", "info")],
-        )
-        .expect("spawning regcache");
+        let mut env_refs = vec![("RUST_LOG", "info")];
+        env_refs.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let process = Process::spawn(Path::new(env!("CARGO_BIN_EXE_regcache")), &refs, &env_refs)
+            .expect("spawning regcache");
         let deadline = Instant::now() + Duration::from_secs(30);
         let port = loop {
             if let Some(port) = bound_port(&process.logs()) {
@@ -76,13 +71,14 @@ impl Regcache {
             port,
             data_dir: data_dir.to_owned(),
             args,
+            env,
         }
     }
 
     /// Stops the process (SIGTERM) and starts it again on the same data dir.
     pub fn restart(mut self) -> Regcache {
         self.process.stop();
-        Self::start_with_args(&self.data_dir, self.args.clone())
+        Self::start_with_args(&self.data_dir, self.args.clone(), std::mem::take(&mut self.env))
     }
 
     pub fn host(&self) -> String {
@@ -92,6 +88,18 @@ impl Regcache {
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
+}
+
+fn args(upstream_url: &str, data_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--upstream".into(),
+        format!("docker.io={upstream_url}"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 fn bound_port(logs: &str) -> Option<u16> {

@@ -1,0 +1,247 @@
+//! The shared object tier as the cache uses it. A failure that says the
+//! store is unreachable makes the cache step around it for a while: warm
+//! content keeps coming from local disk, misses are streamed from the
+//! upstream without being stored, and one log line marks each outage and
+//! its end instead of one per request.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use objstore::{MultipartWriter, ObjStoreError, ObjectBody, ObjectKind, ObjectStore};
+use oci::Digest;
+use tracing::{info, warn};
+
+use crate::unix_now;
+
+/// How long the tier is bypassed after it was found unreachable.
+const BYPASS_AFTER_FAILURE: Duration = Duration::from_secs(5);
+/// How often stale multipart uploads are looked for.
+const STALE_UPLOAD_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+pub struct Objects {
+    store: ObjectStore,
+    /// Unix millis before which the store is not tried.
+    bypass_until: AtomicU64,
+    /// An outage was logged and its end has not been.
+    down: AtomicBool,
+}
+
+impl Objects {
+    pub fn new(store: ObjectStore) -> Self {
+        Objects {
+            store,
+            bypass_until: AtomicU64::new(0),
+            down: AtomicBool::new(false),
+        }
+    }
+
+    fn available(&self) -> bool {
+        now_ms() >= self.bypass_until.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failed `operation`; bypasses the store for a while when it
+    /// was unreachable.
+    pub(crate) fn failed(&self, operation: &'static str, error: &ObjStoreError) {
+        metrics::counter!("regcache_objstore_errors_total", "operation" => operation).increment(1);
+        if !error.is_unavailable() {
+            warn!(operation, error = %error, "object store request failed");
+            return;
+        }
+        let until = now_ms().saturating_add(BYPASS_AFTER_FAILURE.as_millis() as u64);
+        self.bypass_until.fetch_max(until, Ordering::Relaxed);
+        if !self.down.swap(true, Ordering::Relaxed) {
+            warn!(operation, error = %error, retry_in = ?BYPASS_AFTER_FAILURE,
+                "object store unavailable: serving local disk, storing new content locally only");
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            info!("object store available again");
+        }
+    }
+
+    /// The key holding `digest`: `hint` (the index's) when given, else the
+    /// newest upload found by listing (another replica may have stored it).
+    pub(crate) async fn find(
+        &self,
+        kind: ObjectKind,
+        digest: &Digest,
+        hint: Option<String>,
+    ) -> Option<String> {
+        if hint.is_some() {
+            return hint;
+        }
+        if !self.available() {
+            return None;
+        }
+        match self.store.list(&objstore::object_prefix(kind, digest)).await {
+            Ok(objects) => {
+                self.succeeded();
+                // Upload ids sort by time: the last key is the newest.
+                objects.into_iter().map(|o| o.key).max()
+            }
+            Err(e) => {
+                self.failed("list", &e);
+                None
+            }
+        }
+    }
+
+    /// The object (or `range` of it); `None` when it is gone or the store
+    /// is unavailable.
+    pub(crate) async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Option<ObjectBody> {
+        if !self.available() {
+            return None;
+        }
+        match self.store.get(key, range).await {
+            Ok(body) => {
+                self.succeeded();
+                body
+            }
+            Err(e) => {
+                self.failed("get", &e);
+                None
+            }
+        }
+    }
+
+    /// Opens the object holding `digest`. A `hint` from the index that
+    /// names a vanished key (a sweep, a wiped bucket) falls back to a LIST.
+    pub(crate) async fn open(
+        &self,
+        kind: ObjectKind,
+        digest: &Digest,
+        hint: Option<String>,
+    ) -> Option<(String, ObjectBody)> {
+        let had_hint = hint.is_some();
+        let key = self.find(kind, digest, hint).await?;
+        if let Some(body) = self.get(&key, None).await {
+            return Some((key, body));
+        }
+        if !had_hint {
+            return None;
+        }
+        let key = self.find(kind, digest, None).await?;
+        let body = self.get(&key, None).await?;
+        Some((key, body))
+    }
+
+    /// Reads a small object (a manifest) whole, refusing one over `max` bytes.
+    pub(crate) async fn read_small(
+        &self,
+        kind: ObjectKind,
+        digest: &Digest,
+        hint: Option<String>,
+        max: u64,
+    ) -> Option<(String, Bytes)> {
+        let (key, mut body) = self.open(kind, digest, hint).await?;
+        if body.len() > max {
+            warn!(
+                key,
+                size = body.len(),
+                max,
+                "object too large for a manifest, ignored"
+            );
+            return None;
+        }
+        let mut bytes = BytesMut::with_capacity(body.len() as usize);
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) if (bytes.len() + chunk.len()) as u64 <= max => bytes.extend_from_slice(&chunk),
+                Ok(_) => {
+                    warn!(key, max, "object longer than announced, ignored");
+                    return None;
+                }
+                Err(e) => {
+                    self.failed("get", &e);
+                    return None;
+                }
+            }
+        }
+        Some((key, bytes.freeze()))
+    }
+
+    /// A new upload for `digest` and its key; `None` while the store is
+    /// being bypassed.
+    pub(crate) fn upload(&self, kind: ObjectKind, digest: &Digest) -> Option<(String, MultipartWriter)> {
+        if !self.available() {
+            return None;
+        }
+        let key = objstore::object_key(kind, digest, &objstore::new_upload_id());
+        match self.store.multipart(&key) {
+            Ok(writer) => Some((key, writer)),
+            Err(e) => {
+                self.failed("create_upload", &e);
+                None
+            }
+        }
+    }
+
+    /// Completes an upload whose content was verified. Returns whether the
+    /// object is now stored.
+    pub(crate) async fn complete(&self, writer: MultipartWriter) -> bool {
+        match writer.complete().await {
+            Ok(()) => {
+                self.succeeded();
+                true
+            }
+            Err(e) => {
+                self.failed("complete_upload", &e);
+                false
+            }
+        }
+    }
+
+    /// Stores a small object (a manifest) in one request; returns its key,
+    /// or `None` when it could not be stored.
+    pub(crate) async fn put_small(&self, kind: ObjectKind, digest: &Digest, bytes: Bytes) -> Option<String> {
+        let stored = match self.upload(kind, digest) {
+            Some((key, mut upload)) => match upload.write(bytes).await {
+                Ok(()) => self.complete(upload).await.then_some(key),
+                Err(e) => {
+                    self.failed("put_object", &e);
+                    None
+                }
+            },
+            None => None,
+        };
+        if stored.is_none() {
+            count_unstored(kind);
+        }
+        stored
+    }
+
+    /// Aborts uploads older than `older_than` now and every hour: a replica
+    /// that crashed mid-upload leaves parts behind that S3 keeps billing.
+    pub fn spawn_stale_upload_sweeper(self: &std::sync::Arc<Self>, older_than: Duration) {
+        let objects = std::sync::Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(STALE_UPLOAD_SWEEP_INTERVAL);
+            loop {
+                ticks.tick().await;
+                match objects.store.abort_stale_uploads(older_than).await {
+                    Ok(0) => {}
+                    Ok(aborted) => info!(aborted, "aborted stale multipart uploads"),
+                    Err(e) => objects.failed("abort_stale_uploads", &e),
+                }
+            }
+        });
+    }
+}
+
+/// Counts content that could not go to the object tier (it is kept on local
+/// disk only).
+pub(crate) fn count_unstored(kind: ObjectKind) {
+    let kind = match kind {
+        ObjectKind::Blob => "blob",
+        ObjectKind::Manifest => "manifest",
+    };
+    metrics::counter!("regcache_objstore_unstored_total", "kind" => kind).increment(1);
+}
+
+fn now_ms() -> u64 {
+    unix_now().as_millis() as u64
+}
