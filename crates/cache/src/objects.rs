@@ -130,7 +130,7 @@ impl Objects {
     }
 
     /// Reads a small object (a manifest) whole, refusing one over `max` bytes.
-    pub(crate) async fn read_small(
+    pub async fn read_small(
         &self,
         kind: ObjectKind,
         digest: &Digest,

@@ -25,6 +25,23 @@ pub enum Command {
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Work with the content index.
+    #[command(subcommand)]
+    Index(IndexCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IndexCommand {
+    /// Rebuild the content index from the object tier (after losing the
+    /// metadata volume); run it with the replica's configuration while the
+    /// replica is stopped.
+    Rebuild {
+        /// Configuration file (TOML); without it the embedded default is used.
+        #[arg(long, env = "REGCACHE_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: ServeOverrides,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,12 +3,13 @@
 mod cli;
 mod clients;
 mod config;
+mod rebuild;
 mod serve;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{Cli, Command, ConfigCommand, LogFormat};
+use cli::{Cli, Command, ConfigCommand, IndexCommand, LogFormat};
 use metrics_exporter_prometheus::Matcher;
 
 fn main() -> ExitCode {
@@ -27,6 +28,25 @@ fn main() -> ExitCode {
             }
         }
         Command::Config(ConfigCommand::Client(command)) => clients::run(&command),
+        Command::Index(IndexCommand::Rebuild { config, overrides }) => {
+            init_logging(LogFormat::Text);
+            let result = config::load(config.as_deref(), &overrides)
+                .map_err(anyhow::Error::from)
+                .and_then(|cfg| {
+                    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                    runtime.block_on(rebuild::run(&cfg))
+                });
+            match result {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve(args) => {
             init_logging(args.log_format);
             let cfg = match config::load(args.config.as_deref(), &args.overrides) {

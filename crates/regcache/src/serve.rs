@@ -1,5 +1,6 @@
 //! Wires the crates into one running replica.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +23,7 @@ const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let meta_dir = config.data_dir.join("meta");
-    std::fs::create_dir_all(&meta_dir).with_context(|| format!("creating {}", meta_dir.display()))?;
-    let meta = Arc::new(Meta::open(&meta_dir.join("state.redb")).context("opening metadata store")?);
+    let meta = Arc::new(open_meta(&config.data_dir)?);
     let disk = DiskStore::open(&config.data_dir, config.cache.disk_bytes).context("opening disk tier")?;
     let memory = MemoryStore::new(config.cache.memory_bytes, config.cache.memory_object_max);
     let settings = CacheSettings {
@@ -86,6 +85,13 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     }
     info!("regcache stopped");
     Ok(())
+}
+
+/// The metadata store under `data_dir`.
+pub fn open_meta(data_dir: &Path) -> anyhow::Result<Meta> {
+    let meta_dir = data_dir.join("meta");
+    std::fs::create_dir_all(&meta_dir).with_context(|| format!("creating {}", meta_dir.display()))?;
+    Meta::open(&meta_dir.join("state.redb")).context("opening metadata store")
 }
 
 /// The shared object tier, or `None` when the disk tier is the only copy.

@@ -48,6 +48,17 @@ pub async fn log_and_count(request: Request, next: Next) -> Response {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // The index's size is read when scraped rather than tracked on every write.
+    match state.meta.stats() {
+        Ok(stats) => {
+            metrics::gauge!("regcache_index_entries", "kind" => "blob").set(stats.blobs as f64);
+            metrics::gauge!("regcache_index_entries", "kind" => "manifest").set(stats.manifests as f64);
+            metrics::gauge!("regcache_index_bytes", "kind" => "blob").set(stats.blob_bytes as f64);
+            metrics::gauge!("regcache_index_bytes", "kind" => "manifest").set(stats.manifest_bytes as f64);
+            metrics::gauge!("regcache_index_tags").set(stats.tags as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "reading index stats failed"),
+    }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
