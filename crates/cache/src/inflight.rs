@@ -184,17 +184,22 @@ impl Fetch {
             let hint = self.inflight.meta.entry(&self.digest)?.and_then(|e| e.object_key);
             if let Some((key, body)) = objects.open(ObjectKind::Blob, &self.digest, hint).await {
                 let size = body.len();
-                let objects = Arc::clone(objects);
+                let failed = Arc::clone(objects);
                 let body = body
-                    .inspect_err(move |e| objects.failed("get", e))
+                    .inspect_err(move |e| failed.failed("get", e))
                     .map_err(CacheError::from)
                     .boxed();
                 let origin = Origin::Object(Arc::from(key.as_str()));
-                self.copy(&mut writer, Some(size), origin, body, &mut None)
-                    .await?;
-                let committed = writer.commit().await?;
+                let copied = match self.copy(&mut writer, Some(size), origin, body, &mut None).await {
+                    Ok(()) => writer.commit().await.map_err(CacheError::from),
+                    Err(e) => Err(e),
+                };
+                if let Err(CacheError::Store(StoreError::DigestMismatch { .. })) = &copied {
+                    // Whole but wrong: no request may ever be served it again.
+                    objects.discard_corrupt(&key).await;
+                }
                 return Ok(Fetched {
-                    committed,
+                    committed: copied?,
                     object_key: Some(key),
                 });
             }

@@ -131,8 +131,7 @@ impl Cache {
             return Ok(None);
         };
         if digest_of(digest, &bytes) != *digest {
-            metrics::counter!("regcache_digest_mismatch_total", "upstream" => "object-store").increment(1);
-            warn!(key, digest = %digest, "object does not match its digest, ignored");
+            objects.discard_corrupt(&key).await;
             return Ok(None);
         }
         let media_type = entry.and_then(|e| e.media_type);

@@ -195,6 +195,16 @@ impl Objects {
         }
     }
 
+    /// Deletes an object whose content does not match the digest its key
+    /// names (bit rot, or a foreign write), so the next request refetches.
+    pub(crate) async fn discard_corrupt(&self, key: &str) {
+        metrics::counter!("regcache_objstore_corrupt_total").increment(1);
+        warn!(key, "object does not match its digest; deleting it");
+        if let Err(e) = self.store.delete(&[key.to_owned()]).await {
+            self.failed("delete", &e);
+        }
+    }
+
     /// Stores a small object (a manifest) in one request; returns its key,
     /// or `None` when it could not be stored.
     pub(crate) async fn put_small(&self, kind: ObjectKind, digest: &Digest, bytes: Bytes) -> Option<String> {
