@@ -12,6 +12,8 @@ mod upstreams;
 mod validate;
 
 #[cfg(test)]
+mod storage_tests;
+#[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;

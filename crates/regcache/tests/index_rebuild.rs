@@ -5,18 +5,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{Regcache, assert_dir_blobs_verified, raw_request, skopeo_pull};
+use common::{assert_dir_blobs_verified, metric, metrics, s3_args, skopeo_pull, start_s3_replica};
 use testkit::{ImageSpec, OciLayout, Registry, S3Server};
-
-fn s3_flags(s3: &S3Server) -> Vec<String> {
-    vec![
-        "--s3-bucket".into(),
-        s3.bucket().into(),
-        "--s3-endpoint".into(),
-        s3.endpoint(),
-        "--s3-force-path-style".into(),
-    ]
-}
 
 fn rebuild(data_dir: &std::path::Path, flags: &[String], env: &[(&str, String)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_regcache"))
@@ -33,20 +23,16 @@ fn rebuild_restores_the_index_from_the_bucket() {
     let registry = Registry::start().unwrap();
     let s3 = S3Server::start().unwrap();
     let mut layout = OciLayout::new().unwrap();
-    let spec = ImageSpec {
-        layers: vec![200_000, 9_000_000, 5_000],
-        arch: "amd64".into(),
-        os: "linux".into(),
-    };
-    let image = layout.add_image("v1", &spec).unwrap();
+    let image = layout
+        .add_image("v1", &ImageSpec::new(&[200_000, 9_000_000, 5_000]))
+        .unwrap();
     layout.push("v1", &registry, "library/app:v1").unwrap();
     let mut expected: Vec<String> = image.layer_digests.iter().map(|(d, _)| d.clone()).collect();
     expected.push(image.config_digest.clone());
 
     let data = tempfile::tempdir().unwrap();
-    let flags = s3_flags(&s3);
-    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut cache = Regcache::start_env(&registry, data.path(), &flag_refs, &s3.env());
+    let flags = s3_args(&s3);
+    let mut cache = start_s3_replica(&registry.url(), &s3, data.path());
     skopeo_pull(&cache, "app:v1", tempfile::tempdir().unwrap().path());
     cache.process.stop();
 
@@ -65,16 +51,17 @@ fn rebuild_restores_the_index_from_the_bucket() {
     );
     assert!(stdout.contains("unreadable=0"), "{stdout}");
 
-    let cache = Regcache::start_env(&registry, data.path(), &flag_refs, &s3.env());
-    let (_, metrics) = raw_request(&cache.host(), "GET", "/metrics");
-    let metrics = String::from_utf8(metrics).unwrap();
-    assert!(
-        metrics.contains(r#"regcache_index_entries{kind="blob"} 4"#),
-        "{metrics}"
+    let cache = start_s3_replica(&registry.url(), &s3, data.path());
+    let text = metrics(&cache);
+    assert_eq!(
+        metric(&text, "regcache_index_entries", r#"kind="blob""#),
+        4.0,
+        "{text}"
     );
-    assert!(
-        metrics.contains(r#"regcache_index_entries{kind="manifest"} 1"#),
-        "{metrics}"
+    assert_eq!(
+        metric(&text, "regcache_index_entries", r#"kind="manifest""#),
+        1.0,
+        "{text}"
     );
 
     registry.clear_log();

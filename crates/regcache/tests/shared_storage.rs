@@ -4,48 +4,15 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{Regcache, assert_dir_blobs_verified, raw_request, skopeo_pull};
+use common::{Regcache, assert_dir_blobs_verified, metrics, skopeo_pull, start_s3_replica};
 use testkit::{ImageSpec, OciLayout, Registry, S3Server};
-
-fn spec(layers: &[u64]) -> ImageSpec {
-    ImageSpec {
-        layers: layers.to_vec(),
-        arch: "amd64".into(),
-        os: "linux".into(),
-    }
-}
-
-/// `--s3-*` flags for `s3` and its credentials for the environment.
-fn s3_args(s3: &S3Server) -> Vec<String> {
-    vec![
-        "--s3-bucket".into(),
-        s3.bucket().into(),
-        "--s3-endpoint".into(),
-        s3.endpoint(),
-        "--s3-force-path-style".into(),
-    ]
-}
-
-fn start_s3_replica(registry: &Registry, s3: &S3Server, data_dir: &Path) -> Regcache {
-    let args = s3_args(s3);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Regcache::start_env(registry, data_dir, &args, &s3.env())
-}
-
-fn metrics(cache: &Regcache) -> String {
-    let (status, body) = raw_request(&cache.host(), "GET", "/metrics");
-    assert_eq!(status, 200);
-    String::from_utf8(body).expect("metrics are text")
-}
 
 /// Pulls `image` through `a`, then through `b` (whose disk is empty) and
 /// checks that `b` asked the upstream nothing but a tag HEAD.
 fn second_replica_pulls_from_the_object_tier(registry: &Registry, a: &Regcache, b: &Regcache) {
     let mut layout = OciLayout::new().expect("layout");
     let image = layout
-        .add_image("v1", &spec(&[300_000, 12_000_000, 10_000]))
+        .add_image("v1", &ImageSpec::new(&[300_000, 12_000_000, 10_000]))
         .expect("image");
     layout.push("v1", registry, "library/app:v1").expect("push");
     let mut expected: Vec<String> = image.layer_digests.iter().map(|(d, _)| d.clone()).collect();
@@ -91,8 +58,8 @@ fn two_replicas_share_one_bucket() {
         tempfile::tempdir().expect("dir"),
         tempfile::tempdir().expect("dir"),
     );
-    let a = start_s3_replica(&registry, &s3, dir_a.path());
-    let b = start_s3_replica(&registry, &s3, dir_b.path());
+    let a = start_s3_replica(&registry.url(), &s3, dir_a.path());
+    let b = start_s3_replica(&registry.url(), &s3, dir_b.path());
     second_replica_pulls_from_the_object_tier(&registry, &a, &b);
 }
 

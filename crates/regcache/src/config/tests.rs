@@ -5,13 +5,13 @@ use std::time::Duration;
 use super::*;
 use crate::cli::UpstreamOverride;
 
-fn write(text: &str) -> tempfile::NamedTempFile {
+pub(super) fn write(text: &str) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(text.as_bytes()).unwrap();
     file
 }
 
-fn load_str(text: &str) -> Result<Config, ConfigError> {
+pub(super) fn load_str(text: &str) -> Result<Config, ConfigError> {
     let file = write(text);
     load(Some(file.path()), &ServeOverrides::default())
 }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use testkit::{Process, Registry};
+use testkit::{Process, Registry, S3Server};
 
 /// A running `regcache serve` with its own data dir.
 pub struct Regcache {
@@ -21,25 +21,25 @@ impl Regcache {
     /// Starts regcache with `docker.io` (the default upstream) pointing at
     /// `upstream`, plus `extra` arguments.
     pub fn start(upstream: &Registry, data_dir: &Path, extra: &[&str]) -> Regcache {
-        Self::start_env(upstream, data_dir, extra, &[])
-    }
-
-    /// Like [`Regcache::start`], with environment variables (e.g. the AWS
-    /// credentials of a `testkit::S3Server`).
-    pub fn start_env(
-        upstream: &Registry,
-        data_dir: &Path,
-        extra: &[&str],
-        env: &[(&str, String)],
-    ) -> Regcache {
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        Self::start_with_args(data_dir, args(&upstream.url(), data_dir, extra), env)
+        Self::start_url_env(&upstream.url(), data_dir, extra, &[])
     }
 
     /// Like [`Regcache::start`], with `docker.io` pointing at `upstream_url`
     /// (e.g. a `testkit::FaultProxy` in front of the registry).
     pub fn start_url(upstream_url: &str, data_dir: &Path, extra: &[&str]) -> Regcache {
-        Self::start_with_args(data_dir, args(upstream_url, data_dir, extra), Vec::new())
+        Self::start_url_env(upstream_url, data_dir, extra, &[])
+    }
+
+    /// [`Regcache::start_url`] with environment variables (e.g. the AWS
+    /// credentials of a `testkit::S3Server`).
+    pub fn start_url_env(
+        upstream_url: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Regcache {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        Self::start_with_args(data_dir, args(upstream_url, data_dir, extra), env)
     }
 
     /// Binds port 0 and reads the bound address from the startup log line,
@@ -230,4 +230,169 @@ pub fn raw_request_with(host: &str, method: &str, path: &str, headers: &[(&str, 
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
     let body = if chunked { dechunk(&body) } else { body };
     RawResponse { status, head, body }
+}
+
+/// `--s3-*` flags for `s3`; its credentials go in the environment
+/// ([`S3Server::env`]).
+pub fn s3_args(s3: &S3Server) -> Vec<String> {
+    vec![
+        "--s3-bucket".into(),
+        s3.bucket().into(),
+        "--s3-endpoint".into(),
+        s3.endpoint(),
+        "--s3-force-path-style".into(),
+    ]
+}
+
+/// A replica storing content in `s3`, with `docker.io` pointing at
+/// `upstream_url` (a registry's or a fault proxy's).
+pub fn start_s3_replica(upstream_url: &str, s3: &S3Server, data_dir: &Path) -> Regcache {
+    let args = s3_args(s3);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Regcache::start_url_env(upstream_url, data_dir, &args, &s3.env())
+}
+
+/// The replica's `/metrics` text.
+pub fn metrics(cache: &Regcache) -> String {
+    let (status, body) = raw_request(&cache.host(), "GET", "/metrics");
+    assert_eq!(status, 200, "GET /metrics");
+    String::from_utf8(body).expect("metrics are text")
+}
+
+/// Sum of the samples of `name` whose labels contain `label` (`""`: all).
+pub fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                && l.contains(label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A client of an `S3Server`'s bucket, to look at what the replicas stored.
+/// Synchronous, like the rest of the harness: it brings its own runtime.
+pub struct Bucket {
+    // Declared before the runtime: the client goes first.
+    store: objstore::ObjectStore,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Bucket {
+    pub fn connect(s3: &S3Server) -> Bucket {
+        use aws_sdk_s3::config::Credentials;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the bucket client");
+        let shared = runtime.block_on(
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new(s3.region().to_owned()))
+                .credentials_provider(Credentials::new(
+                    s3.access_key(),
+                    s3.secret_key(),
+                    None,
+                    None,
+                    "test",
+                ))
+                .load(),
+        );
+        let cfg = objstore::S3Config {
+            bucket: s3.bucket().to_owned(),
+            prefix: String::new(),
+            endpoint: Some(s3.endpoint()),
+            region: s3.region().to_owned(),
+            force_path_style: true,
+            timeouts: objstore::S3Timeouts::default(),
+        };
+        let store = objstore::S3Store::with_sdk_config(cfg, &shared).expect("an s3 client");
+        Bucket {
+            store: objstore::ObjectStore::S3(store),
+            runtime,
+        }
+    }
+
+    /// Every key under `prefix`, in key order.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let objects = self
+            .runtime
+            .block_on(self.store.list(prefix))
+            .expect("listing the bucket");
+        objects.into_iter().map(|o| o.key).collect()
+    }
+
+    /// The keys holding blob `digest` (`sha256:…`).
+    pub fn blob_keys(&self, digest: &str) -> Vec<String> {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        self.keys(&format!("blobs/sha256/{hex}/"))
+    }
+
+    /// Waits until blob `digest` is stored (uploads complete after the
+    /// client got its bytes) and returns its keys; none if it never was
+    /// within `timeout`.
+    pub fn wait_for_blob(&self, digest: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let keys = self.blob_keys(digest);
+            if !keys.is_empty() || Instant::now() >= deadline {
+                return keys;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Replaces the object at `key` with `bytes` (to corrupt it).
+    pub fn overwrite(&self, key: &str, bytes: &[u8]) {
+        let file = tempfile::NamedTempFile::new().expect("a temp file");
+        std::fs::write(file.path(), bytes).expect("writing the temp file");
+        self.runtime
+            .block_on(self.store.put_file(key, file.path(), bytes.len() as u64))
+            .expect("overwriting an object");
+    }
+
+    /// Aborts every multipart upload not completed; returns how many there were.
+    pub fn abort_open_uploads(&self) -> usize {
+        self.runtime
+            .block_on(self.store.abort_stale_uploads(Duration::ZERO))
+            .expect("aborting uploads")
+    }
+
+    /// sha256 (`sha256:…`) of the object at `key`, checked against the
+    /// length the store announced.
+    pub fn sha256(&self, key: &str) -> String {
+        use futures_util::TryStreamExt as _;
+        use sha2::Digest as _;
+        self.runtime.block_on(async {
+            let mut body = self
+                .store
+                .get(key, None)
+                .await
+                .expect("getting an object")
+                .unwrap_or_else(|| panic!("{key} vanished"));
+            let announced = body.len();
+            let (mut hash, mut len) = (sha2::Sha256::new(), 0u64);
+            while let Some(chunk) = body.try_next().await.expect("reading an object") {
+                hash.update(&chunk);
+                len += chunk.len() as u64;
+            }
+            assert_eq!(len, announced, "{key}: body shorter than announced");
+            format!("sha256:{}", hex::encode(hash.finalize()))
+        })
+    }
+
+    /// Every object under `blobs/` and `manifests/` hashes to the digest
+    /// its key names; returns how many were checked.
+    pub fn assert_all_objects_verified(&self) -> usize {
+        let keys: Vec<String> = ["blobs/", "manifests/"]
+            .iter()
+            .flat_map(|prefix| self.keys(prefix))
+            .collect();
+        for key in &keys {
+            let (_, digest, _) =
+                objstore::parse_object_key(key).unwrap_or_else(|| panic!("foreign key {key} in the bucket"));
+            assert_eq!(self.sha256(key), digest.to_string(), "content of {key}");
+        }
+        keys.len()
+    }
 }

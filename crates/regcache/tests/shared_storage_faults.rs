@@ -1,0 +1,392 @@
+//! The object tier under faults, with the real binary, a real upstream
+//! registry and a real S3 server (SeaweedFS): a corrupt upstream body leaves
+//! neither an object nor an open multipart upload behind; S3 killed mid-pull
+//! or down from the start costs clients nothing and stores nothing partial;
+//! a range far into a blob another replica stored is read from S3 directly.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    Bucket, RawResponse, Regcache, assert_dir_blobs_verified, metric, metrics, raw_request_with, skopeo_pull,
+    start_s3_replica,
+};
+use testkit::{
+    BuiltImage, Fault, FaultProxy, ImageSpec, LayerCompression, OciLayout, Registry, Rule, S3Server,
+};
+
+const MIB: u64 = 1 << 20;
+/// How long regcache steps around an unreachable store after a failure
+/// (`BYPASS_AFTER_FAILURE`), plus a margin.
+const BYPASS: Duration = Duration::from_millis(5_500);
+
+/// A registry and the layout its images are pushed from.
+struct Upstream {
+    registry: Registry,
+    layout: OciLayout,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let registry = Registry::start().expect("starting the registry");
+        // Uncompressed: the bytes are what matters, and gzip costs time.
+        let layout = OciLayout::new()
+            .expect("creating a layout")
+            .with_layer_compression(LayerCompression::None);
+        Upstream { registry, layout }
+    }
+
+    /// Pushes an image with layers of about these sizes as `library/app:<tag>`.
+    fn push(&mut self, tag: &str, layers: &[u64]) -> BuiltImage {
+        let image = self
+            .layout
+            .add_image(tag, &ImageSpec::new(layers))
+            .expect("building an image");
+        self.layout
+            .push(tag, &self.registry, &format!("library/app:{tag}"))
+            .expect("pushing an image");
+        image
+    }
+
+    /// The bytes of a blob as pushed.
+    fn blob(&self, digest: &str) -> Vec<u8> {
+        std::fs::read(self.layout.blob_path(digest)).expect("reading a layout blob")
+    }
+
+    /// GETs the registry logged since its log was last cleared.
+    fn gets(&self) -> Vec<testkit::AccessLine> {
+        self.registry
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET")
+            .collect()
+    }
+}
+
+fn blob_path(digest: &str) -> String {
+    format!("/v2/app/blobs/{digest}")
+}
+
+/// One blob GET, with extra headers (e.g. a Range).
+fn get_blob(cache: &Regcache, digest: &str, headers: &[(&str, &[u8])]) -> RawResponse {
+    raw_request_with(&cache.host(), "GET", &blob_path(digest), headers)
+}
+
+/// A 200 whose body is exactly the blob `digest`.
+fn assert_verified(cache: &Regcache, response: &RawResponse, digest: &str) {
+    assert_eq!(
+        response.status,
+        200,
+        "GET {digest}: {}\n{}",
+        response.head,
+        cache.process.logs()
+    );
+    assert_eq!(
+        testkit::sha256_bytes(&response.body),
+        digest,
+        "body of {digest} ({} bytes)\n{}",
+        response.body.len(),
+        cache.process.logs()
+    );
+}
+
+/// Pulls `tag` with skopeo and checks every blob of `image` arrived intact.
+fn pull_image(cache: &Regcache, tag: &str, image: &BuiltImage) {
+    let dest = tempfile::tempdir().expect("tempdir");
+    skopeo_pull(cache, &format!("app:{tag}"), dest.path());
+    assert_dir_blobs_verified(dest.path(), &image.blob_digests());
+}
+
+/// Waits until `cache` stored blob `digest` in the bucket; returns its keys.
+fn wait_for_blob(bucket: &Bucket, cache: &Regcache, digest: &str) -> Vec<String> {
+    let keys = bucket.wait_for_blob(digest, Duration::from_secs(15));
+    assert!(
+        !keys.is_empty(),
+        "{digest} never reached the bucket\n{}",
+        cache.process.logs()
+    );
+    keys
+}
+
+/// Every blob of `image` and its manifest made it into the bucket (blob
+/// uploads complete after the client got the bytes: waits for them).
+fn assert_image_stored(bucket: &Bucket, cache: &Regcache, image: &BuiltImage) {
+    for digest in image.blob_digests() {
+        wait_for_blob(bucket, cache, &digest);
+    }
+    let hex = image
+        .manifest_digest
+        .strip_prefix("sha256:")
+        .expect("a sha256 digest");
+    let manifests = bucket.keys(&format!("manifests/sha256/{hex}/"));
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+}
+
+fn unstored(cache: &Regcache, kind: &str) -> f64 {
+    metric(
+        &metrics(cache),
+        "regcache_objstore_unstored_total",
+        &format!("kind=\"{kind}\""),
+    )
+}
+
+/// Exactly one log line contains `text`: one per outage and per recovery.
+fn assert_logged_once(cache: &Regcache, text: &str) {
+    let logs = cache.process.logs();
+    let lines = logs.lines().filter(|l| l.contains(text)).count();
+    assert_eq!(lines, 1, "{text:?} logged {lines} times:\n{logs}");
+}
+
+/// Waits until the samples of `name` with `label` add up to at least 1.
+fn wait_for_metric(cache: &Regcache, name: &str, label: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&metrics(cache), name, label) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no {name}{{{label}}}\n{}",
+            cache.process.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sleeps until `since + BYPASS`: the cache tries the store again after that.
+fn wait_out_bypass(since: Instant) {
+    std::thread::sleep((since + BYPASS).saturating_duration_since(Instant::now()));
+}
+
+#[test]
+fn wrong_digest_leaves_no_object_and_no_upload() {
+    let mut upstream = Upstream::start();
+    // Two full 8 MiB parts are uploading before the mismatch shows.
+    let image = upstream.push("v1", &[20 * MIB]);
+    let (digest, size) = image.layer_digests[0].clone();
+    let proxy = FaultProxy::start(&upstream.registry).expect("starting the fault proxy");
+    let s3 = S3Server::start().expect("starting the s3 server");
+    let bucket = Bucket::connect(&s3);
+    let data = tempfile::tempdir().expect("tempdir");
+    let cache = start_s3_replica(&proxy.url(), &s3, data.path());
+
+    proxy.set_rules(vec![Rule::new(
+        "GET",
+        &digest,
+        Fault::Corrupt { drop_length: false },
+    )]);
+    let corrupt = get_blob(&cache, &digest, &[]);
+    assert_eq!(proxy.count("GET", &digest), 1);
+    // The last byte waits for verification: the body ends short (or, had
+    // the download failed before the head went out, a 502).
+    assert!(
+        (corrupt.status == 200 && (corrupt.body.len() as u64) < size) || corrupt.status == 502,
+        "status {} with {} of {size} bytes",
+        corrupt.status,
+        corrupt.body.len()
+    );
+    // The upload was aborted before the failure reached the client.
+    let keys = bucket.blob_keys(&digest);
+    assert!(keys.is_empty(), "a corrupt blob was stored: {keys:?}");
+    assert_eq!(bucket.abort_open_uploads(), 0, "a multipart upload was left open");
+    let logs = cache.process.logs();
+    assert!(logs.contains("blob download failed"), "{logs}");
+    assert!(!logs.contains("aborting the object upload failed"), "{logs}");
+    let m = metrics(&cache);
+    assert_eq!(metric(&m, "regcache_digest_mismatch_total", ""), 1.0, "{m}");
+    assert_eq!(metric(&m, "regcache_objstore_errors_total", ""), 0.0, "{m}");
+
+    proxy.clear();
+    let good = get_blob(&cache, &digest, &[]);
+    assert_verified(&cache, &good, &digest);
+    let keys = wait_for_blob(&bucket, &cache, &digest);
+    // Give a second (wrong) completion the time to show, were there one.
+    std::thread::sleep(Duration::from_millis(300));
+    let keys_now = bucket.blob_keys(&digest);
+    assert_eq!(keys_now, keys);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(bucket.sha256(&keys[0]), digest);
+    assert_eq!(bucket.abort_open_uploads(), 0);
+}
+
+#[test]
+fn s3_killed_mid_pull_corrupts_nothing() {
+    let mut upstream = Upstream::start();
+    let big_image = upstream.push("v1", &[40 * MIB]);
+    let while_down = upstream.push("v2", &[3 * MIB, 20_000]);
+    let after_recovery = upstream.push("v3", &[9 * MIB, 20_000]);
+    let big = big_image.layer_digests[0].0.clone();
+    let proxy = FaultProxy::start(&upstream.registry).expect("starting the fault proxy");
+    let mut s3 = S3Server::start().expect("starting the s3 server");
+    let bucket = Bucket::connect(&s3);
+    let data = tempfile::tempdir().expect("tempdir");
+    let cache = start_s3_replica(&proxy.url(), &s3, data.path());
+
+    // 12 MiB arrive (the first part goes up), then the upstream pauses and
+    // S3 dies; the rest arrives with nowhere to tee it.
+    let pause = Fault::Pause {
+        after: 12 << 20,
+        pause: Duration::from_secs(3),
+    };
+    proxy.set_rules(vec![Rule::new("GET", &big, pause).times(1)]);
+    let pull = {
+        let (host, path) = (cache.host(), blob_path(&big));
+        std::thread::spawn(move || raw_request_with(&host, "GET", &path, &[]))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.count("GET", &big) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the blob GET never reached the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    s3.stop();
+    let response = pull.join().expect("the pulling thread");
+    assert_verified(&cache, &response, &big);
+    // Its upload failed (and the bypass window began) before the download
+    // was recorded: once it is, no late failure restarts the window.
+    wait_for_metric(&cache, "regcache_objstore_unstored_total", "kind=\"blob\"");
+
+    // S3 still down: the warm blob comes from disk, a cold image from the
+    // upstream, kept locally only.
+    assert_verified(&cache, &get_blob(&cache, &big, &[]), &big);
+    let m = metrics(&cache);
+    assert!(
+        m.contains(r#"regcache_cache_requests_total{kind="blob",tier="disk"} 1"#),
+        "{m}"
+    );
+    pull_image(&cache, "v2", &while_down);
+    let down_until = Instant::now();
+    assert!(unstored(&cache, "blob") >= 4.0, "{}", metrics(&cache));
+    assert!(unstored(&cache, "manifest") >= 1.0, "{}", metrics(&cache));
+    assert!(metric(&metrics(&cache), "regcache_objstore_errors_total", "") > 0.0);
+    assert_logged_once(&cache, "object store unavailable: ");
+
+    s3.restart().expect("restarting the s3 server");
+    wait_out_bypass(down_until);
+    pull_image(&cache, "v3", &after_recovery);
+    assert_image_stored(&bucket, &cache, &after_recovery);
+    assert_logged_once(&cache, "object store available again");
+
+    // Nothing of what was pulled while S3 was down made it there, not even
+    // the parts of the big blob uploaded before the crash.
+    for digest in std::iter::once(&big).chain(&while_down.blob_digests()) {
+        assert!(bucket.blob_keys(digest).is_empty(), "{digest} stored");
+    }
+    let checked = bucket.assert_all_objects_verified();
+    assert_eq!(checked, after_recovery.blob_digests().len() + 1);
+}
+
+#[test]
+fn range_from_the_object_tier() {
+    let mut upstream = Upstream::start();
+    let image = upstream.push("v1", &[30 * MIB]);
+    let (digest, size) = image.layer_digests[0].clone();
+    let bytes = upstream.blob(&digest);
+    assert_eq!(bytes.len() as u64, size);
+    let s3 = S3Server::start().expect("starting the s3 server");
+    let bucket = Bucket::connect(&s3);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let url = upstream.registry.url();
+    let [a, b, c] = [0, 1, 2].map(|i| start_s3_replica(&url, &s3, dirs[i].path()));
+
+    assert_verified(&a, &get_blob(&a, &digest, &[]), &digest);
+    wait_for_blob(&bucket, &a, &digest);
+    upstream.registry.clear_log();
+
+    let check_range = |cache: &Regcache, range: &str, start: u64, end: u64| {
+        let response = get_blob(cache, &digest, &[("Range", range.as_bytes())]);
+        assert_eq!(response.status, 206, "{range}: {}", response.head);
+        let content_range = format!("bytes {start}-{}/{size}", end - 1);
+        assert_eq!(response.header("content-range"), Some(content_range.as_str()));
+        assert!(
+            response.body == bytes[start as usize..end as usize],
+            "{range}: wrong {} bytes",
+            response.body.len()
+        );
+        let gets = upstream.gets();
+        assert!(gets.is_empty(), "{range} went upstream: {gets:?}");
+        let m = metrics(cache);
+        assert!(
+            m.contains(r#"regcache_cache_requests_total{kind="blob",tier="object"} 1"#),
+            "{m}"
+        );
+    };
+    check_range(&b, "bytes=20000000-20000999", 20_000_000, 20_001_000);
+    check_range(&c, "bytes=-100", size - 100, size);
+}
+
+#[test]
+fn a_corrupt_object_is_deleted_and_never_served_whole() {
+    let mut upstream = Upstream::start();
+    let image = upstream.push("v1", &[3 * MIB]);
+    let (digest, _) = image.layer_digests[0].clone();
+    let s3 = S3Server::start().expect("starting the s3 server");
+    let bucket = Bucket::connect(&s3);
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let url = upstream.registry.url();
+    let [a, b] = [0, 1].map(|i| start_s3_replica(&url, &s3, dirs[i].path()));
+    assert_verified(&a, &get_blob(&a, &digest, &[]), &digest);
+    let keys = wait_for_blob(&bucket, &a, &digest);
+    let mut flipped = upstream.blob(&digest);
+    flipped.iter_mut().for_each(|b| *b = !*b);
+    bucket.overwrite(&keys[0], &flipped);
+
+    // Same length, wrong content: the last byte is held back, so the
+    // response can never complete as if it were the blob.
+    let corrupt = get_blob(&b, &digest, &[]);
+    assert!(
+        corrupt.status != 200 || corrupt.body.len() < flipped.len(),
+        "a corrupt object was served whole"
+    );
+    assert_eq!(metric(&metrics(&b), "regcache_objstore_corrupt_total", ""), 1.0);
+    assert!(
+        bucket.blob_keys(&digest).is_empty(),
+        "the corrupt object is still there"
+    );
+
+    upstream.registry.clear_log();
+    assert_verified(&b, &get_blob(&b, &digest, &[]), &digest);
+    assert_eq!(upstream.registry.count("GET", "/blobs/sha256:"), 1);
+    let keys = wait_for_blob(&bucket, &b, &digest);
+    assert_eq!(bucket.sha256(&keys[0]), digest);
+}
+
+#[test]
+fn s3_down_at_start_serves_and_recovers() {
+    let mut upstream = Upstream::start();
+    let first = upstream.push("v1", &[3 * MIB, 20_000]);
+    let second = upstream.push("v2", &[9 * MIB, 20_000]);
+    let mut s3 = S3Server::start().expect("starting the s3 server");
+    let bucket = Bucket::connect(&s3);
+    s3.stop();
+    let data = tempfile::tempdir().expect("tempdir");
+    let cache = start_s3_replica(&upstream.registry.url(), &s3, data.path());
+    // The stale-upload sweep at start fails too, after the SDK's retries,
+    // and restarts the bypass window: wait for it, so that the last failure
+    // is known to come before the end of the pull below.
+    wait_for_metric(
+        &cache,
+        "regcache_objstore_errors_total",
+        "operation=\"abort_stale_uploads\"",
+    );
+
+    pull_image(&cache, "v1", &first);
+    let down_until = Instant::now();
+    assert!(unstored(&cache, "blob") >= 3.0, "{}", metrics(&cache));
+    assert!(unstored(&cache, "manifest") >= 1.0, "{}", metrics(&cache));
+    assert_logged_once(&cache, "object store unavailable: ");
+
+    s3.restart().expect("restarting the s3 server");
+    wait_out_bypass(down_until);
+    pull_image(&cache, "v2", &second);
+    assert_image_stored(&bucket, &cache, &second);
+    assert_logged_once(&cache, "object store available again");
+    for digest in first.blob_digests() {
+        assert!(bucket.blob_keys(&digest).is_empty(), "{digest} stored");
+    }
+    assert_eq!(
+        bucket.assert_all_objects_verified(),
+        second.blob_digests().len() + 1
+    );
+}
