@@ -27,6 +27,7 @@ Environment (defaults in brackets):
   WRK_CONNECTIONS=64  wrk -c
   CURL_RUNS=3         single-stream downloads per server (best one counts)
   SKIP_REGCACHE=0     1: don't build or run regcache (measure the peers only)
+  SKIP_S3=0           1: no S3 server, no "blob from S3" figure
   KEEP_WORKDIR=0      1: keep the temp dir (configs, logs, wrk output)
 EOF
 }
@@ -47,10 +48,11 @@ WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-64}
 CURL_RUNS=${CURL_RUNS:-3}
 SKIP_REGCACHE=${SKIP_REGCACHE:-0}
+SKIP_S3=${SKIP_S3:-0}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 
 # Targets (see README.md).
-TARGET_BLOB_RATIO=0.8 # regcache / nginx, both blob figures
+TARGET_BLOB_RATIO=0.8 # regcache / nginx, both blob figures; regcache / direct S3 GET
 TARGET_TAG_RATIO=20   # regcache / distribution, manifest by tag
 TARGET_RSS_MIB=150    # regcache VmHWM
 
@@ -63,10 +65,24 @@ ACCEPT='application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distr
 
 log() { printf '==> %s\n' "$*" >&2; }
 warn() { printf 'compare.sh: warning: %s\n' "$*" >&2; }
+ON_DIE="" # a function that prints more context before the script dies
 die() {
     printf 'compare.sh: error: %s\n' "$*" >&2
+    [[ -z $ON_DIE ]] || "$ON_DIE"
     exit 1
 }
+
+# S3 (SeaweedFS `weed mini`) for the "blob from S3" figure.
+S3_BUCKET=regcache
+S3_REGION=us-east-1
+
+# The servers run without the caller's REGCACHE_* and AWS_* variables: a
+# REGCACHE_S3_BUCKET, AWS_PROFILE or AWS_ENDPOINT_URL would change what is
+# measured.
+CLEAN_ENV=(env)
+while read -r var; do
+    CLEAN_ENV+=(-u "$var")
+done < <(compgen -e | grep -E '^(REGCACHE|AWS)_' || true)
 
 # --- process and temp dir bookkeeping ---------------------------------------
 
@@ -94,6 +110,7 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
     done
     wait 2>/dev/null || true
+    remove_weed_sockets
     if [[ -n $WORK ]]; then
         if [[ $KEEP_WORKDIR == 1 ]]; then
             echo "compare.sh: kept $WORK" >&2
@@ -155,6 +172,9 @@ check_deps() {
     for cmd in docker-registry wrk nginx curl python3 sha256sum awk; do
         command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
     done
+    if [[ $SKIP_S3 != 1 ]] && ! command -v weed >/dev/null 2>&1; then
+        missing+=("weed (SeaweedFS; or SKIP_S3=1)")
+    fi
     if ((${#missing[@]} > 0)); then
         die "missing ${missing[*]}: run scripts/install-test-deps.sh (as root) first"
     fi
@@ -167,6 +187,17 @@ build_regcache() {
     log "building regcache: cargo build --release -p regcache"
     (cd "$ROOT" && cargo build --release -p regcache) || die "cargo build --release -p regcache failed"
     [[ -x $REGCACHE_BIN ]] || die "no binary at $REGCACHE_BIN after the build"
+}
+
+# The direct-S3 baseline (and the uploader) of the S3 figure.
+build_s3_bench() {
+    local target_dir=${CARGO_TARGET_DIR:-target}
+    [[ $target_dir == /* ]] || target_dir=$ROOT/$target_dir
+    S3_BENCH_BIN=$target_dir/release/examples/s3_bench
+    log "building the S3 baseline: cargo build --release -p objstore --example s3_bench"
+    (cd "$ROOT" && cargo build --release -p objstore --example s3_bench) ||
+        die "cargo build --release -p objstore --example s3_bench failed"
+    [[ -x $S3_BENCH_BIN ]] || die "no binary at $S3_BENCH_BIN after the build"
 }
 
 # write_registry_config FILE ROOTDIR PORT [REMOTEURL]: a docker-registry
@@ -255,8 +286,8 @@ EOF
 
 start_regcache() {
     # The embedded default config plus these flags, whatever the caller's
-    # REGCACHE_CONFIG says, so that runs are comparable.
-    start_bg regcache env -u REGCACHE_CONFIG RUST_LOG=warn "$REGCACHE_BIN" serve \
+    # REGCACHE_CONFIG (or other REGCACHE_*) says, so that runs are comparable.
+    start_bg regcache "${CLEAN_ENV[@]}" RUST_LOG=warn "$REGCACHE_BIN" serve \
         --listen "127.0.0.1:$RC_PORT" \
         --data-dir "$WORK/regcache" \
         --upstream "docker.io=http://127.0.0.1:$UP_PORT"
@@ -308,17 +339,29 @@ warm_up() {
 declare -A BASE=() FIG=() BAD=()
 NOTES=()
 
+# download_big NAME: one single-stream download of the big blob from server
+# NAME; sets SPEED (bytes/s).
+download_big() {
+    local name=$1 out code size
+    out=$(curl -sS --max-time 600 -o /dev/null -w '%{http_code} %{size_download} %{speed_download}' \
+        "${BASE[$name]}/v2/$REPO/blobs/$BIG_DIGEST") || die "big-blob download from $name failed"
+    read -r code size SPEED <<<"$out"
+    [[ $code == 200 && $size == "$BIG_SIZE" ]] ||
+        die "big-blob download from $name: HTTP $code, $size of $BIG_SIZE bytes"
+}
+
+# max A B
+max() {
+    awk -v a="$1" -v b="$2" 'BEGIN { print (b > a) ? b : a }'
+}
+
 # measure_stream NAME: best of CURL_RUNS single-stream downloads of the big
 # blob, in MiB/s.
 measure_stream() {
-    local name=$1 i out code size speed best=0
+    local name=$1 i best=0
     for ((i = 0; i < CURL_RUNS; i++)); do
-        out=$(curl -sS --max-time 600 -o /dev/null -w '%{http_code} %{size_download} %{speed_download}' \
-            "${BASE[$name]}/v2/$REPO/blobs/$BIG_DIGEST") || die "big-blob download from $name failed"
-        read -r code size speed <<<"$out"
-        [[ $code == 200 && $size == "$BIG_SIZE" ]] ||
-            die "big-blob download from $name: HTTP $code, $size of $BIG_SIZE bytes"
-        best=$(awk -v a="$best" -v b="$speed" 'BEGIN { print (b > a) ? b : a }')
+        download_big "$name"
+        best=$(max "$best" "$SPEED")
     done
     FIG[stream:$name]=$(awk -v b="$best" 'BEGIN { printf "%.0f", b / 1048576 }')
 }
@@ -355,6 +398,233 @@ vmhwm_mib() {
     awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"
 }
 
+# --- the blob-from-S3 figure ---------------------------------------------------
+# A second regcache, on S3 storage with an empty data dir, serves the big blob
+# from the bucket only; the baseline is a plain aws-sdk-s3 GET of the same
+# object from the same server (the s3_bench example).
+
+WEED_PORTS=() # every port weed mini listens on (its sockets in /tmp carry them)
+S3_ENV=()     # CLEAN_ENV plus the S3 server's credentials, for its clients
+
+# random_hex BYTES
+random_hex() {
+    od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'
+}
+
+# weed_ports: 9 distinct free ports for weed mini: s3, s3 gRPC, master,
+# master gRPC, volume, volume gRPC, filer, filer gRPC, admin. The admin
+# port's gRPC companion (+10000, which weed's worker dials whatever
+# -admin.port.grpc says) is free as well.
+weed_ports() {
+    python3 - <<'EOF'
+import socket
+socks = []
+def bind(port=0):
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    socks.append(s)
+    return s.getsockname()[1]
+ports = [bind() for _ in range(8)]
+while True:
+    admin = bind()
+    try:
+        if admin + 10000 < 65536 and bind(admin + 10000):
+            break
+    except OSError:
+        pass
+print("\n".join(map(str, ports + [admin])))
+EOF
+}
+
+# weed puts gRPC unix sockets in /tmp, named after their ports, whatever
+# TMPDIR says.
+remove_weed_sockets() {
+    local port
+    ((${#WEED_PORTS[@]} == 9)) || return 0
+    for port in "${WEED_PORTS[@]}" $((WEED_PORTS[8] + 10000)); do
+        rm -f /tmp/seaweedfs-*-"$port".sock
+    done
+}
+
+# start_s3: SeaweedFS (`weed mini`: master, volume server, filer and S3
+# gateway in one process) with bucket S3_BUCKET and one access key; every
+# port on loopback, telemetry, admin UI, WebDAV, Iceberg and Lance off (the
+# flags testkit's S3Server uses).
+start_s3() {
+    local dir=$WORK/s3 access secret i
+    mkdir -p "$dir/data" "$dir/tmp"
+    mapfile -t WEED_PORTS < <(weed_ports)
+    local s3=${WEED_PORTS[0]} s3_grpc=${WEED_PORTS[1]} master=${WEED_PORTS[2]} master_grpc=${WEED_PORTS[3]}
+    local volume=${WEED_PORTS[4]} volume_grpc=${WEED_PORTS[5]} filer=${WEED_PORTS[6]}
+    local filer_grpc=${WEED_PORTS[7]} admin=${WEED_PORTS[8]}
+    access=LT$(random_hex 9 | tr a-f A-F)
+    secret=$(random_hex 20)
+    printf '{"identities": [{"name": "loadtest", "credentials": [{"accessKey": "%s", "secretKey": "%s"}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}\n' \
+        "$access" "$secret" >"$dir/identities.json"
+    S3_ENDPOINT=http://127.0.0.1:$s3
+    S3_ENV=("${CLEAN_ENV[@]}" AWS_ACCESS_KEY_ID="$access" AWS_SECRET_ACCESS_KEY="$secret"
+        AWS_REGION="$S3_REGION" AWS_EC2_METADATA_DISABLED=true)
+    log "S3 server (weed mini) on 127.0.0.1:$s3, bucket $S3_BUCKET"
+    # weed's own log files go to TMPDIR.
+    start_bg s3 "${CLEAN_ENV[@]}" TMPDIR="$dir/tmp" weed mini \
+        -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
+        -master.port="$master" -master.port.grpc="$master_grpc" \
+        -volume.port="$volume" -volume.port.grpc="$volume_grpc" \
+        -filer.port="$filer" -filer.port.grpc="$filer_grpc" -filer.localSocket="$dir/filer.sock" \
+        -s3.port="$s3" -s3.port.grpc="$s3_grpc" -s3.localSocket="$dir/s3.sock" \
+        -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$dir/identities.json" \
+        -admin.ui=false -admin.port="$admin" -webdav=false -bucket="$S3_BUCKET"
+    S3_PID=$LAST_PID
+    # Ready when the filer holds the bucket's directory and the gateway
+    # answers (403 to an anonymous request).
+    for ((i = 0; i < 600; i++)); do
+        if ! kill -0 "$S3_PID" 2>/dev/null; then
+            tail -n 30 "$WORK/logs/s3.log" >&2 || true
+            die "weed mini exited during startup (log above)"
+        fi
+        if curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$filer/buckets/$S3_BUCKET/" &&
+            curl -s -o /dev/null --max-time 2 "$S3_ENDPOINT/"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    tail -n 30 "$WORK/logs/s3.log" >&2 || true
+    die "weed mini not ready after 60 s"
+}
+
+# upload_big_to_s3: puts the big blob where regcache would have (a multipart
+# upload by objstore, key blobs/sha256/<hex>/<upload-id>: 16 hex digits of
+# unix millis and 8 random ones); sets S3_KEY.
+upload_big_to_s3() {
+    S3_KEY=blobs/sha256/${BIG_DIGEST#sha256:}/$(printf '%016x' "$(date +%s%3N)")$(random_hex 4)
+    log "uploading the ${BIG_MB} MiB blob to S3 as $S3_KEY"
+    "${S3_ENV[@]}" "$S3_BENCH_BIN" put --endpoint "$S3_ENDPOINT" --bucket "$S3_BUCKET" \
+        --key "$S3_KEY" --file "$BIG_FILE" >"$WORK/logs/s3-put.log" 2>&1 || {
+        tail -n 30 "$WORK/logs/s3-put.log" >&2
+        die "uploading the big blob to S3 failed (log above)"
+    }
+}
+
+# The upstream of the S3-backed regcache: a stub that logs every request and
+# answers 200 to the version check (/v2/) and 404 to everything else. A blob
+# regcache did not get from S3 can't come from anywhere else, and any try to
+# is on record.
+TRIPWIRE_PY='
+import http.server, sys
+class Tripwire(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        with open(sys.argv[2], "a") as log:
+            log.write(f"{self.command} {self.path}\n")
+        ok = self.path.split("?")[0] in ("/v2", "/v2/")
+        body = b"{}" if ok else b""
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = answer
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Tripwire).serve_forever()
+'
+
+start_tripwire() {
+    TRIP_LOG=$WORK/logs/s3-upstream-requests.log
+    : >"$TRIP_LOG"
+    start_bg tripwire python3 -c "$TRIPWIRE_PY" "$TRIP_PORT" "$TRIP_LOG"
+    wait_ready tripwire "$LAST_PID" "http://127.0.0.1:$TRIP_PORT/v2/"
+    : >"$TRIP_LOG"
+}
+
+# Printed when the script dies during the S3 runs.
+show_upstream_requests() {
+    if [[ -s ${TRIP_LOG:-} ]]; then
+        echo "requests regcache (S3 storage) sent its upstream:" >&2
+        head -n 20 "$TRIP_LOG" >&2
+    fi
+}
+
+# start_regcache_s3: regcache on S3 storage with a new, empty data dir (its
+# disk tier and metadata): the blob is only in the bucket.
+start_regcache_s3() {
+    rm -rf "$WORK/regcache-s3"
+    mkdir -p "$WORK/regcache-s3"
+    start_bg regcache-s3 "${S3_ENV[@]}" RUST_LOG=warn "$REGCACHE_BIN" serve \
+        --listen "127.0.0.1:$RC_S3_PORT" \
+        --data-dir "$WORK/regcache-s3" \
+        --upstream "docker.io=http://127.0.0.1:$TRIP_PORT" \
+        --s3-bucket "$S3_BUCKET" --s3-endpoint "$S3_ENDPOINT" --s3-region "$S3_REGION" \
+        --s3-force-path-style
+    RC_S3_PID=$LAST_PID
+    wait_ready regcache-s3 "$RC_S3_PID" "${BASE[regcache-s3]}/readyz"
+}
+
+# stop PID: TERM, 10 s to exit, then KILL; PID leaves PIDS.
+stop() {
+    local pid=$1 i p keep=()
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -KILL "$pid" 2>/dev/null; then
+        warn "pid $pid did not exit within 10 s of SIGTERM: killed"
+    fi
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do
+        [[ $p == "$pid" ]] || keep+=("$p")
+    done
+    PIDS=("${keep[@]}")
+}
+
+# measure_s3: FIG[s3:regcache] (best of CURL_RUNS downloads, each from a
+# freshly started regcache with an empty data dir) and FIG[s3:s3] (best of
+# CURL_RUNS direct GETs, one after each regcache run).
+measure_s3() {
+    local i out bytes mib best_rc=0 best_s3=0 peak=0 blob_gets others
+    upload_big_to_s3
+    if [[ $SKIP_REGCACHE != 1 ]]; then
+        start_tripwire
+        ON_DIE=show_upstream_requests
+        log "regcache on S3 storage on 127.0.0.1:$RC_S3_PORT: verifying the blob it serves from S3"
+        start_regcache_s3
+        fetch_verify regcache-s3 "/v2/$REPO/blobs/$BIG_DIGEST" "$BIG_DIGEST"
+        stop "$RC_S3_PID"
+    fi
+    for ((i = 1; i <= CURL_RUNS; i++)); do
+        if [[ $SKIP_REGCACHE != 1 ]]; then
+            log "blob from S3, run $i/$CURL_RUNS: regcache (restarted, empty data dir)"
+            start_regcache_s3
+            download_big regcache-s3
+            best_rc=$(max "$best_rc" "$SPEED")
+            peak=$(max "$peak" "$(vmhwm_mib "$RC_S3_PID")")
+            stop "$RC_S3_PID"
+        fi
+        log "blob from S3, run $i/$CURL_RUNS: direct aws-sdk-s3 GET"
+        out=$("${S3_ENV[@]}" "$S3_BENCH_BIN" get --endpoint "$S3_ENDPOINT" --bucket "$S3_BUCKET" \
+            --key "$S3_KEY" --runs 1) || die "the direct S3 GET failed"
+        bytes=$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$out")
+        mib=$(sed -n 's/.*best_mib_s=\([0-9.]*\).*/\1/p' <<<"$out")
+        [[ $bytes == "$BIG_SIZE" && -n $mib ]] || die "direct S3 GET: '$out', expected $BIG_SIZE bytes"
+        best_s3=$(max "$best_s3" "$mib")
+    done
+    kill -0 "$S3_PID" 2>/dev/null || die "the S3 server died during the run; logs in $WORK/logs"
+    FIG[s3:s3]=$(awk -v b="$best_s3" 'BEGIN { printf "%.0f", b }')
+    [[ $SKIP_REGCACHE != 1 ]] || return 0
+
+    # Valid only if every byte came from S3.
+    blob_gets=$(grep -c '^GET .*/blobs/' "$TRIP_LOG" || true)
+    ((blob_gets == 0)) ||
+        die "regcache (S3 storage) sent its upstream $blob_gets blob GETs: the S3 figure is invalid"
+    others=$(wc -l <"$TRIP_LOG")
+    ((others == 0)) || NOTES+=("s3/regcache: $others other upstream requests (in logs/$(basename "$TRIP_LOG")): $(head -n 3 "$TRIP_LOG" | paste -sd ';')")
+    ON_DIE=""
+    FIG[s3:regcache]=$(awk -v b="$best_rc" 'BEGIN { printf "%.0f", b / 1048576 }')
+    NOTES+=("s3/regcache: peak RSS ${peak} MiB while serving from S3 (its own VmHWM, a fresh process per run)")
+}
+
 # --- report ------------------------------------------------------------------
 
 MISSED=0
@@ -378,18 +648,22 @@ verdict() {
 
 # row LABEL FIGURE DEN_SERVER OP TARGET_TEXT TARGET: one table line.
 row() {
-    local label=$1 fig=$2 den=$3 op=$4 ttext=$5 target=$6 ratio=- result name
-    local cells=()
-    for name in regcache nginx distribution; do
+    local label=$1 fig=$2 den=$3 op=$4 ttext=$5 target=$6 ratio=- result name skipped=0
+    local cells=() columns=(regcache nginx distribution)
+    # The S3 row's baseline, a direct S3 GET, goes in the nginx column, marked *.
+    [[ $den == s3 ]] && columns[1]=s3
+    [[ $fig == s3 && $SKIP_S3 == 1 ]] && skipped=1
+    for name in "${columns[@]}"; do
         if [[ -n ${FIG[$fig:$name]:-} ]]; then
             cells+=("${FIG[$fig:$name]}${BAD[$fig:$name]:+!}")
-        elif [[ $name == regcache && $SKIP_REGCACHE == 1 ]]; then
+            [[ $name == s3 ]] && cells[-1]+='*'
+        elif [[ ($name == regcache && $SKIP_REGCACHE == 1) || ($skipped == 1 && $name != distribution) ]]; then
             cells+=(skipped)
         else
             cells+=(-)
         fi
     done
-    if [[ $SKIP_REGCACHE == 1 ]]; then
+    if [[ $SKIP_REGCACHE == 1 || $skipped == 1 ]]; then
         result=SKIP
     elif [[ -n ${BAD[$fig:regcache]:-} || ( $op == ge && -n ${BAD[$fig:$den]:-} ) ]]; then
         result=INVALID
@@ -397,7 +671,7 @@ row() {
         read -r ratio result <<<"$(verdict "${FIG[$fig:regcache]}" "${FIG[$fig:$den]:-0}" "$op" "$target")"
     fi
     [[ $result == FAIL || $result == INVALID ]] && MISSED=1
-    printf '%-36s %10s %10s %13s %8s %8s  %s\n' "$label" "${cells[@]}" "$ratio" "$ttext" "$result"
+    printf '%-40s %10s %10s %13s %8s %8s  %s\n' "$label" "${cells[@]}" "$ratio" "$ttext" "$result"
 }
 
 report() {
@@ -413,15 +687,19 @@ report() {
     echo "WARNING: wrk itself is CPU-bound at ~1.1-1.3 GB/s on 2 cores (and shares them with the"
     echo "         servers): the $(size_label "$SMALL_KIB") blob figures may measure the client, not the server."
     echo
-    printf '%-36s %10s %10s %13s %8s %8s  %s\n' figure regcache nginx distribution ratio target result
-    printf '%-36s %10s %10s %13s %8s %8s  %s\n' "------" "--------" "-----" "------------" "-----" "------" "------"
+    printf '%-40s %10s %10s %13s %8s %8s  %s\n' figure regcache nginx distribution ratio target result
+    printf '%-40s %10s %10s %13s %8s %8s  %s\n' "------" "--------" "-----" "------------" "-----" "------" "------"
     row "$big_label" stream nginx ge ">=$TARGET_BLOB_RATIO" "$TARGET_BLOB_RATIO"
+    row "${BIG_MB} MiB blob from S3, 1 stream (MiB/s)" s3 s3 ge ">=$TARGET_BLOB_RATIO" "$TARGET_BLOB_RATIO"
     row "$small_label" blob nginx ge ">=$TARGET_BLOB_RATIO" "$TARGET_BLOB_RATIO"
     row "$tag_label" tag distribution ge ">=$TARGET_TAG_RATIO" "$TARGET_TAG_RATIO"
     row "peak RSS, VmHWM (MiB)" rss - lt "<$TARGET_RSS_MIB" "$TARGET_RSS_MIB"
     echo
     echo "ratios: regcache/nginx for the blob rows, regcache/distribution for the tag row;"
     echo "        '!' marks a figure with non-2xx answers (invalid). nginx serves no tags (-)."
+    echo "        S3 row: the blob is only in S3 (SeaweedFS), regcache restarted with an empty"
+    echo "        data dir before each download; * = a direct aws-sdk-s3 GET of the same object"
+    echo "        (not nginx), best of $CURL_RUNS; ratio regcache/direct."
     for note in "${NOTES[@]}"; do
         echo "note: $note"
     done
@@ -437,14 +715,16 @@ main() {
     else
         build_regcache
     fi
+    [[ $SKIP_S3 == 1 ]] || build_s3_bench
 
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/regcache-loadtest.XXXXXX")
     mkdir -p "$WORK/logs"
     local ports
-    mapfile -t ports < <(free_ports 4)
+    mapfile -t ports < <(free_ports 6)
     UP_PORT=${ports[0]} RC_PORT=${ports[1]} PROXY_PORT=${ports[2]} NGINX_PORT=${ports[3]}
+    RC_S3_PORT=${ports[4]} TRIP_PORT=${ports[5]}
     BASE=([regcache]=http://127.0.0.1:$RC_PORT [nginx]=http://127.0.0.1:$NGINX_PORT
-        [distribution]=http://127.0.0.1:$PROXY_PORT)
+        [distribution]=http://127.0.0.1:$PROXY_PORT [regcache-s3]=http://127.0.0.1:$RC_S3_PORT)
     SERVERS=(nginx distribution)
     [[ $SKIP_REGCACHE == 1 ]] || SERVERS=(regcache "${SERVERS[@]}")
 
@@ -482,6 +762,12 @@ main() {
     done
     [[ $SKIP_REGCACHE == 1 ]] || FIG[rss:regcache]=$(vmhwm_mib "$REGCACHE_PID")
     FIG[rss:distribution]=$(vmhwm_mib "$PROXY_PID")
+
+    # Last, on its own servers: a second regcache whose blob is only in S3.
+    if [[ $SKIP_S3 != 1 ]]; then
+        start_s3
+        measure_s3
+    fi
 
     report
     if ((STRICT && MISSED)); then
