@@ -3,11 +3,13 @@
 //!
 //! Callers only [`Meta::propose`] commands and read the local state. Today a
 //! local counter orders the commands; later the Raft log does, behind the
-//! same methods, and the state machine stays as it is.
+//! same methods, and the state machine stays as it is. [`raft`] holds the
+//! storage openraft needs for that (not wired into `propose` yet).
 
 mod access;
 mod command;
 mod error;
+pub mod raft;
 mod snapshot;
 mod state;
 mod tables;
@@ -23,7 +25,7 @@ pub use access::AccessFlusher;
 pub use command::{Command, Entry, EntryKind, TagKey, TagRecord};
 pub use error::MetaError;
 pub use snapshot::SnapshotInfo;
-pub use state::{MetaStats, StateMachine};
+pub use state::{MetaStats, RaftApplied, StateMachine};
 
 use access::PendingAccesses;
 

@@ -1,7 +1,8 @@
 //! Whole-state snapshots, for Raft to ship to a lagging or new member.
 //!
-//! The format is JSON lines: a header with the last applied index, one line
-//! per tag and per entry, and a trailer with the counts. Both directions
+//! The format is JSON lines: a header with the last applied index and Raft's
+//! view of the state (last applied log id, membership), one line per tag
+//! and per entry, and a trailer with the counts. Both directions
 //! stream, so a snapshot never has to fit in memory, and the trailer makes a
 //! truncated snapshot fail to install instead of installing half a state.
 
@@ -12,20 +13,34 @@ use redb::{ReadableDatabase, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::state::StateMachine;
-use crate::tables::{self, ENTRIES, META, TAGS, Totals};
+use crate::state::{RaftApplied, StateMachine};
+use crate::tables::{self, ENTRIES, META, RAFT, TAGS, Totals};
 use crate::{Entry, MetaError, TagKey, TagRecord};
 
 /// Bumped when a line changes meaning, so an old member refuses a new format.
-const FORMAT: u32 = 1;
+/// 2: the header carries `raft`.
+const FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Line {
-    Header { format: u32, last_applied: Option<u64> },
-    Tag { key: TagKey, record: TagRecord },
-    Entry { digest: Digest, entry: Entry },
-    End { tags: u64, entries: u64 },
+    Header {
+        format: u32,
+        last_applied: Option<u64>,
+        raft: RaftApplied,
+    },
+    Tag {
+        key: TagKey,
+        record: TagRecord,
+    },
+    Entry {
+        digest: Digest,
+        entry: Entry,
+    },
+    End {
+        tags: u64,
+        entries: u64,
+    },
 }
 
 /// What a snapshot holds, as written or installed.
@@ -40,14 +55,24 @@ impl StateMachine {
     /// Writes the whole state, as of one read transaction, to `out`. Records
     /// are decoded on the way, so a corrupt store fails here instead of
     /// spreading to other members.
-    pub fn snapshot(&self, mut out: impl Write) -> Result<SnapshotInfo, MetaError> {
+    pub fn snapshot(&self, out: impl Write) -> Result<SnapshotInfo, MetaError> {
+        self.write_snapshot(out).map(|(info, _)| info)
+    }
+
+    /// [`snapshot`](Self::snapshot), also returning the Raft view it wrote.
+    pub(crate) fn write_snapshot(
+        &self,
+        mut out: impl Write,
+    ) -> Result<(SnapshotInfo, RaftApplied), MetaError> {
         let txn = self.db.begin_read()?;
         let last_applied = tables::last_applied(&txn.open_table(META)?)?;
+        let raft = tables::raft_applied(&txn.open_table(RAFT)?)?;
         write_line(
             &mut out,
             &Line::Header {
                 format: FORMAT,
                 last_applied,
+                raft: raft.clone(),
             },
         )?;
         let mut tags = 0;
@@ -78,24 +103,40 @@ impl StateMachine {
         }
         write_line(&mut out, &Line::End { tags, entries })?;
         out.flush()?;
-        Ok(SnapshotInfo {
+        let info = SnapshotInfo {
             last_applied,
             tags,
             entries,
-        })
+        };
+        Ok((info, raft))
     }
 
     /// Replaces the whole state with the snapshot read from `input`, in one
     /// durable transaction: on any error the old state stays untouched.
     pub fn install_snapshot(&self, input: impl BufRead) -> Result<SnapshotInfo, MetaError> {
+        self.install_snapshot_then(input, |_| Ok(()))
+    }
+
+    /// [`install_snapshot`](Self::install_snapshot), calling `before_commit`
+    /// with the snapshot's Raft view once every line is read and checked but
+    /// before the transaction commits: an error there leaves the state
+    /// untouched too. Raft's store uses it to check the view against the
+    /// snapshot's metadata and to publish the file first.
+    pub(crate) fn install_snapshot_then(
+        &self,
+        input: impl BufRead,
+        before_commit: impl FnOnce(&RaftApplied) -> Result<(), MetaError>,
+    ) -> Result<SnapshotInfo, MetaError> {
         let txn = self.db.begin_write()?;
         txn.delete_table(TAGS)?;
         txn.delete_table(ENTRIES)?;
         txn.delete_table(META)?;
-        let info = {
+        txn.delete_table(RAFT)?;
+        let (info, raft) = {
             let mut tag_table = txn.open_table(TAGS)?;
             let mut entry_table = txn.open_table(ENTRIES)?;
             let mut meta = txn.open_table(META)?;
+            let mut raft_table = txn.open_table(RAFT)?;
             let mut totals = Totals::default();
             let mut header = None;
             let mut end = None;
@@ -111,21 +152,31 @@ impl StateMachine {
                 if end.is_some() {
                     return Err(invalid("data after the trailer"));
                 }
-                match (parsed, header) {
-                    (Line::Header { format, .. }, None) if format != FORMAT => {
+                match (parsed, header.is_some()) {
+                    (Line::Header { format, .. }, false) if format != FORMAT => {
                         return Err(invalid(&format!("unknown format {format}")));
                     }
-                    (Line::Header { last_applied, .. }, None) => header = Some(last_applied),
-                    (_, None) => return Err(invalid("missing header")),
-                    (Line::Header { .. }, Some(_)) => return Err(invalid("second header")),
-                    (Line::Tag { key, record }, Some(_)) => {
+                    (
+                        Line::Header {
+                            last_applied, raft, ..
+                        },
+                        false,
+                    ) => {
+                        if raft.last_log_id.is_some_and(|id| Some(id.index) != last_applied) {
+                            return Err(invalid("raft log id does not match the last applied index"));
+                        }
+                        header = Some((last_applied, raft));
+                    }
+                    (_, false) => return Err(invalid("missing header")),
+                    (Line::Header { .. }, true) => return Err(invalid("second header")),
+                    (Line::Tag { key, record }, true) => {
                         let stored = tables::tag_key(&key)?;
                         let value = tables::encode("tag record", &record)?;
                         if tag_table.insert(stored.as_str(), value.as_slice())?.is_some() {
                             return Err(invalid("duplicate tag"));
                         }
                     }
-                    (Line::Entry { digest, entry }, Some(_)) => {
+                    (Line::Entry { digest, entry }, true) => {
                         let value = tables::encode("entry", &entry)?;
                         let key = digest.to_string();
                         if entry_table.insert(key.as_str(), value.as_slice())?.is_some() {
@@ -133,7 +184,7 @@ impl StateMachine {
                         }
                         totals.add(&entry);
                     }
-                    (Line::End { tags, entries }, Some(_)) => {
+                    (Line::End { tags, entries }, true) => {
                         if tags != tag_table.len()? || entries != totals.entries() {
                             return Err(invalid("counts do not match the records"));
                         }
@@ -141,7 +192,7 @@ impl StateMachine {
                     }
                 }
             }
-            let (Some(last_applied), Some((tags, entries))) = (header, end) else {
+            let (Some((last_applied, raft)), Some((tags, entries))) = (header, end) else {
                 return Err(MetaError::InvalidSnapshot {
                     line: line_no,
                     reason: "truncated: no trailer".to_owned(),
@@ -149,12 +200,15 @@ impl StateMachine {
             };
             totals.store(&mut meta)?;
             tables::set_last_applied(&mut meta, last_applied)?;
-            SnapshotInfo {
+            tables::set_raft_applied(&mut raft_table, &raft)?;
+            let info = SnapshotInfo {
                 last_applied,
                 tags,
                 entries,
-            }
+            };
+            (info, raft)
         };
+        before_commit(&raft)?;
         txn.commit()?;
         info!(
             last_applied = info.last_applied,
@@ -163,6 +217,24 @@ impl StateMachine {
             "installed metadata snapshot"
         );
         Ok(info)
+    }
+}
+
+/// Reads only a snapshot's header: Raft's view of the state it holds. Reads
+/// at most 1 MiB, far more than any header, so a damaged file cannot make
+/// it buffer without bound.
+pub(crate) fn read_raft_header(input: impl BufRead) -> Result<RaftApplied, MetaError> {
+    const MAX_HEADER: u64 = 1 << 20;
+    let invalid = |reason: String| MetaError::InvalidSnapshot { line: 1, reason };
+    let mut line = String::new();
+    input.take(MAX_HEADER).read_line(&mut line)?;
+    if !line.ends_with('\n') {
+        return Err(invalid("no complete header line".to_owned()));
+    }
+    match serde_json::from_str(&line).map_err(|e| invalid(e.to_string()))? {
+        Line::Header { format, .. } if format != FORMAT => Err(invalid(format!("unknown format {format}"))),
+        Line::Header { raft, .. } => Ok(raft),
+        _ => Err(invalid("missing header".to_owned())),
     }
 }
 

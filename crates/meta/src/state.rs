@@ -9,9 +9,11 @@ use std::path::Path;
 
 use oci::Digest;
 use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, WriteTransaction};
-use tracing::debug;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
 
-use crate::tables::{self, ENTRIES, META, TAGS, Totals};
+use crate::raft::{Entry as RaftEntry, EntryPayload, LogId, Response, StoredMembership};
+use crate::tables::{self, ENTRIES, META, RAFT, TAGS, Totals};
 use crate::{Command, Entry, MetaError, TagKey, TagRecord};
 
 /// Counts for tools and the status page.
@@ -30,6 +32,14 @@ impl MetaStats {
     pub fn entries(&self) -> u64 {
         self.manifests + self.blobs
     }
+}
+
+/// Raft's view of the state, stored with it: the log id of the last entry
+/// applied and the last membership applied. Both are part of every snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftApplied {
+    pub last_log_id: Option<LogId>,
+    pub membership: StoredMembership,
 }
 
 /// Tags and the content index in one redb file, plus the last applied index,
@@ -56,6 +66,7 @@ impl StateMachine {
         txn.open_table(TAGS)?;
         txn.open_table(ENTRIES)?;
         txn.open_table(META)?;
+        txn.open_table(RAFT)?;
         txn.commit()?;
         Ok(StateMachine { db })
     }
@@ -74,10 +85,91 @@ impl StateMachine {
         if matches!(cmd, Command::Touch { .. }) {
             txn.set_durability(Durability::None)?;
         }
-        apply_in(&txn, index, cmd)?;
+        apply_in(&txn, index, Some(cmd))?;
         txn.commit()?;
         debug!(index, command = cmd.name(), "applied");
         Ok(())
+    }
+
+    /// What makes a command invalid in itself, checked before anything is
+    /// written: such a command is refused alike by every replica.
+    pub fn validate(cmd: &Command) -> Result<(), MetaError> {
+        match cmd {
+            Command::SetTag { key, .. } => tables::tag_key(key).map(drop),
+            Command::PutEntry { .. } | Command::Touch { .. } | Command::RemoveEntries { .. } => Ok(()),
+        }
+    }
+
+    /// Applies a run of committed Raft entries in one write transaction,
+    /// which also records the last one's log id and the last membership
+    /// among them, so the state and Raft's view of it never disagree.
+    /// Returns one response per entry, in order.
+    ///
+    /// A command that fails [`validate`](Self::validate) is refused: a
+    /// no-op with a reason, since every replica refuses it alike. Any other
+    /// error (storage, a corrupt record, an index not after the last applied
+    /// one) fails the whole run and leaves no trace; Raft then stops this
+    /// replica rather than let its state drift from the others'.
+    ///
+    /// A run of `Touch` commands only commits without fsync, as in
+    /// [`apply`](Self::apply). Raft needs no durable apply: the log is
+    /// durable and what a crash rolls back here is applied again from it (or
+    /// from the last snapshot) at start.
+    pub(crate) fn apply_entries(&self, entries: &[RaftEntry]) -> Result<Vec<Response>, MetaError> {
+        let Some(last) = entries.last() else {
+            return Ok(Vec::new());
+        };
+        let mut txn = self.db.begin_write()?;
+        let only_touches = entries
+            .iter()
+            .all(|e| matches!(e.payload, EntryPayload::Normal(Command::Touch { .. })));
+        if only_touches {
+            txn.set_durability(Durability::None)?;
+        }
+        let mut raft = txn.open_table(RAFT)?;
+        let mut applied = tables::raft_applied(&raft)?;
+        let mut responses = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let index = entry.log_id.index;
+            let response = match &entry.payload {
+                EntryPayload::Blank => {
+                    apply_in(&txn, index, None)?;
+                    Response::default()
+                }
+                EntryPayload::Normal(cmd) => match StateMachine::validate(cmd) {
+                    Ok(()) => {
+                        apply_in(&txn, index, Some(cmd))?;
+                        Response::default()
+                    }
+                    Err(refused) => {
+                        warn!(index, command = cmd.name(), %refused, "refused an invalid command");
+                        apply_in(&txn, index, None)?;
+                        Response {
+                            refused: Some(refused.to_string()),
+                        }
+                    }
+                },
+                EntryPayload::Membership(membership) => {
+                    apply_in(&txn, index, None)?;
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    Response::default()
+                }
+            };
+            responses.push(response);
+        }
+        applied.last_log_id = Some(last.log_id);
+        tables::set_raft_applied(&mut raft, &applied)?;
+        drop(raft);
+        txn.commit()?;
+        debug!(entries = entries.len(), last = %last.log_id, "applied raft entries");
+        Ok(responses)
+    }
+
+    /// The log id of the last entry applied through Raft and the last
+    /// membership applied; the default before the first.
+    pub fn raft_applied(&self) -> Result<RaftApplied, MetaError> {
+        let txn = self.db.begin_read()?;
+        tables::raft_applied(&txn.open_table(RAFT)?)
     }
 
     /// The index of the last applied command, `None` on a fresh store.
@@ -136,13 +228,18 @@ impl StateMachine {
 }
 
 /// Applies one command inside `txn`, the unit Raft batching can reuse.
-fn apply_in(txn: &WriteTransaction, index: u64, cmd: &Command) -> Result<(), MetaError> {
+/// `None` only advances the last applied index (a Raft entry that changes
+/// no state: blank, membership, a refused command).
+fn apply_in(txn: &WriteTransaction, index: u64, cmd: Option<&Command>) -> Result<(), MetaError> {
     let mut meta = txn.open_table(META)?;
     if let Some(last_applied) = tables::last_applied(&meta)?
         && index <= last_applied
     {
         return Err(MetaError::IndexNotAfterLastApplied { index, last_applied });
     }
+    let Some(cmd) = cmd else {
+        return tables::set_last_applied(&mut meta, Some(index));
+    };
     match cmd {
         Command::SetTag { key, record } => {
             let stored = tables::tag_key(key)?;

@@ -9,6 +9,7 @@ use redb::{ReadableTable, Table, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::state::RaftApplied;
 use crate::{Entry, EntryKind, MetaError, TagKey};
 
 /// "upstream\0repo\0tag" -> JSON `TagRecord`: NUL sorts first, so all tags of
@@ -18,12 +19,16 @@ pub(crate) const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags
 pub(crate) const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 /// Small named integers: the last applied log index and the entry totals.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Raft's bookkeeping about the state, written in the same transaction as
+/// the state it describes: `"applied"` -> JSON `RaftApplied`.
+pub(crate) const RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft");
 
 const LAST_APPLIED: &str = "last_applied";
 const MANIFESTS: &str = "manifests";
 const MANIFEST_BYTES: &str = "manifest_bytes";
 const BLOBS: &str = "blobs";
 const BLOB_BYTES: &str = "blob_bytes";
+const RAFT_APPLIED: &str = "applied";
 
 pub(crate) fn tag_key(key: &TagKey) -> Result<String, MetaError> {
     for part in [&key.upstream, &key.repo, &key.tag] {
@@ -119,6 +124,25 @@ pub(crate) fn set_last_applied(
         Some(index) => meta.insert(LAST_APPLIED, index)?,
         None => meta.remove(LAST_APPLIED)?,
     };
+    Ok(())
+}
+
+/// The last applied log id and membership; the default (nothing applied
+/// through Raft) when absent.
+pub(crate) fn raft_applied(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<RaftApplied, MetaError> {
+    match table.get(RAFT_APPLIED)? {
+        Some(guard) => decode("raft", RAFT_APPLIED, guard.value()),
+        None => Ok(RaftApplied::default()),
+    }
+}
+
+pub(crate) fn set_raft_applied(
+    table: &mut Table<&'static str, &'static [u8]>,
+    applied: &RaftApplied,
+) -> Result<(), MetaError> {
+    table.insert(RAFT_APPLIED, encode("raft applied", applied)?.as_slice())?;
     Ok(())
 }
 

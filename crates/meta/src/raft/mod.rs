@@ -1,0 +1,114 @@
+//! Raft storage for the metadata group: openraft's types for our commands, a
+//! log store and a state machine over the existing [`StateMachine`](crate::StateMachine).
+//!
+//! Not wired into [`Meta::propose`](crate::Meta::propose) yet: this module
+//! only provides what `openraft::Raft::new` needs on local disk. Layout under
+//! one directory (see [`open_storage`]):
+//!
+//! - `raft-log.redb`: vote, log entries, committed and last purged log id
+//!   ([`LogStore`]);
+//! - the state database (tags, index, last applied log id and membership,
+//!   all in one transaction per batch of entries) ([`StateMachineStore`]);
+//! - `snapshots/current.jsonl`: the last snapshot, the state's JSON-lines
+//!   format with the Raft metadata in its header ([`SnapshotFile`]).
+
+mod log_store;
+mod snapshot_file;
+mod state_machine;
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use log_store::LogStore;
+pub use snapshot_file::SnapshotFile;
+pub use state_machine::{SnapshotBuilder, StateMachineStore};
+
+use crate::{Command, MetaError, StateMachine};
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for the metadata group: the log carries
+    /// [`Command`]s, peers are known by their gRPC address.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = Node,
+);
+
+/// A member as the membership config records it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// `host:port` of the peer's gRPC listener (Raft RPCs and peer traffic).
+    pub addr: String,
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+/// What applying one command answered. A command is refused, not failed,
+/// when it is invalid in itself (e.g. a NUL in a tag key): every replica
+/// refuses it alike, so it is still applied as a no-op and Raft goes on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// Why the command was refused; `None` when it was applied.
+    pub refused: Option<String>,
+}
+
+/// openraft's `AppData` needs `Display` (for its log lines); the short name
+/// is enough there and keeps payloads out of logs.
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Shorthands for openraft's generic types with [`TypeConfig`] filled in.
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type EntryPayload = openraft::alias::EntryPayloadOf<TypeConfig>;
+pub type Membership = openraft::Membership<u64, Node>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+/// The Raft handle over this crate's state machine.
+pub type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
+
+/// Opens the log store and the state machine under `dir`, creating what is
+/// missing. `state` is the replica's state database, shared so that reads
+/// (`tag`, `entry`) keep going around Raft.
+pub fn open_storage(
+    dir: &Path,
+    state: Arc<StateMachine>,
+) -> Result<(LogStore, StateMachineStore), MetaError> {
+    let log = LogStore::open(&dir.join("raft-log.redb"))?;
+    let sm = StateMachineStore::open(state, &dir.join("snapshots"))?;
+    Ok((log, sm))
+}
+
+/// openraft's storage traits speak `io::Error`; the message keeps ours.
+pub(crate) fn io_err(e: MetaError) -> io::Error {
+    match e {
+        MetaError::SnapshotIo(e) => e,
+        e => io::Error::other(e),
+    }
+}
+
+/// Runs blocking redb or file work off the async runtime.
+pub(crate) async fn blocking<T, F>(f: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, MetaError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(io_err),
+        Err(join) => Err(io_err(MetaError::Task(join))),
+    }
+}
