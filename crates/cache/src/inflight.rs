@@ -7,7 +7,7 @@ use futures_util::{FutureExt as _, StreamExt, TryStreamExt as _};
 use meta::{Command, Entry, EntryKind, Meta};
 use objstore::{MultipartWriter, ObjStoreError, ObjectKind};
 use oci::{Digest, RepoName};
-use store::{BlobWriter, Committed, DiskStore, StoreError};
+use store::{BlobWriter, Committed, DiskStore, StoreError, Verified};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 use upstream::Upstream;
@@ -39,7 +39,7 @@ pub(crate) enum Progress {
         written: u64,
         origin: Origin,
     },
-    /// Verified and committed to the disk tier.
+    /// Every byte written and verified (being made durable and put in place).
     Done {
         size: u64,
     },
@@ -108,6 +108,11 @@ impl Inflight {
         Ok(Some((download, false)))
     }
 
+    /// How many downloads are under way (or being made durable).
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<Download>>> {
         self.downloads.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -123,9 +128,9 @@ struct Fetch {
     progress: watch::Sender<Progress>,
 }
 
-/// A verified blob on local disk, and where the object tier has it.
+/// A verified blob in its temp file, and where the object tier has it.
 struct Fetched {
-    committed: Committed,
+    verified: Verified,
     object_key: Option<String>,
 }
 
@@ -135,45 +140,54 @@ type Tee = Option<(String, MultipartWriter)>;
 impl Fetch {
     async fn run(self, writer: BlobWriter) {
         let mut tee = None;
-        let outcome = self.fetch(writer, &mut tee).await;
-        let (final_state, fetched) = match outcome {
-            Ok(fetched) => {
-                debug!(upstream = self.upstream.name(), digest = %self.digest, size = fetched.committed.size, "blob cached");
-                (
-                    Progress::Done {
-                        size: fetched.committed.size,
-                    },
-                    Some(fetched),
-                )
+        let e = match self.fetch(writer, &mut tee).await {
+            Ok(fetched) => return self.keep(fetched, tee).await,
+            Err(e) => e,
+        };
+        if let Some((key, upload)) = tee.take()
+            && let Err(abort) = upload.abort().await
+        {
+            warn!(key, error = %abort, "aborting the object upload failed; the stale-upload sweep will");
+        }
+        // Bytes that fail verification are the upstream's fault: a bad
+        // gateway (502) for the client, not an internal error.
+        let e = match e {
+            CacheError::Store(mismatch @ StoreError::DigestMismatch { .. }) => {
+                metrics::counter!("regcache_digest_mismatch_total", "upstream" => self.upstream.name().to_owned())
+                    .increment(1);
+                CacheError::UpstreamBody(mismatch.to_string())
+            }
+            other => other,
+        };
+        warn!(upstream = self.upstream.name(), repo = %self.repo, digest = %self.digest, error = %e, "blob download failed");
+        // Leave the map first: a request arriving after the failure is
+        // published must start afresh, never join this download.
+        self.inflight.lock().remove(&self.digest);
+        self.progress.send_replace(Progress::Failed(Arc::new(e)));
+    }
+
+    /// Releases the verified blob to its readers, then makes it durable,
+    /// puts it in place and records it (the fsync is not on the clients'
+    /// path), and only then leaves the map: a request arriving later finds
+    /// the disk tier, and shutdown waits for all of it.
+    async fn keep(&self, fetched: Fetched, tee: Tee) {
+        let size = fetched.verified.size();
+        self.progress.send_replace(Progress::Done { size });
+        match fetched.verified.persist().await {
+            Ok(committed) => {
+                debug!(upstream = self.upstream.name(), digest = %self.digest, size, "blob cached");
+                self.record(committed, fetched.object_key, tee).await;
             }
             Err(e) => {
-                if let Some((key, upload)) = tee.take()
+                warn!(digest = %self.digest, error = %e, "keeping a verified blob on disk failed");
+                if let Some((key, upload)) = tee
                     && let Err(abort) = upload.abort().await
                 {
                     warn!(key, error = %abort, "aborting the object upload failed; the stale-upload sweep will");
                 }
-                // Bytes that fail verification are the upstream's fault: a
-                // bad gateway (502) for the client, not an internal error.
-                let e = match e {
-                    CacheError::Store(mismatch @ StoreError::DigestMismatch { .. }) => {
-                        metrics::counter!("regcache_digest_mismatch_total", "upstream" => self.upstream.name().to_owned())
-                            .increment(1);
-                        CacheError::UpstreamBody(mismatch.to_string())
-                    }
-                    other => other,
-                };
-                warn!(upstream = self.upstream.name(), repo = %self.repo, digest = %self.digest, error = %e, "blob download failed");
-                (Progress::Failed(Arc::new(e)), None)
             }
-        };
-        // Leave the map first: a request arriving after the outcome is
-        // published must find the disk tier (success) or start afresh
-        // (failure), never join a finished download.
-        self.inflight.lock().remove(&self.digest);
-        self.progress.send_replace(final_state);
-        if let Some(fetched) = fetched {
-            self.record(fetched, tee).await;
         }
+        self.inflight.lock().remove(&self.digest);
     }
 
     /// Copies the blob to local disk from the object tier if another
@@ -191,7 +205,7 @@ impl Fetch {
                     .boxed();
                 let origin = Origin::Object(Arc::from(key.as_str()));
                 let copied = match self.copy(&mut writer, Some(size), origin, body, &mut None).await {
-                    Ok(()) => writer.commit().await.map_err(CacheError::from),
+                    Ok(()) => writer.verify().await.map_err(CacheError::from),
                     Err(e) => Err(e),
                 };
                 if let Err(CacheError::Store(StoreError::DigestMismatch { .. })) = &copied {
@@ -199,7 +213,7 @@ impl Fetch {
                     objects.discard_corrupt(&key).await;
                 }
                 return Ok(Fetched {
-                    committed: copied?,
+                    verified: copied?,
                     object_key: Some(key),
                 });
             }
@@ -209,9 +223,8 @@ impl Fetch {
         let body = blob.body.map_err(CacheError::from).boxed();
         self.copy(&mut writer, blob.size, Origin::Upstream, body, tee)
             .await?;
-        let committed = writer.commit().await?;
         Ok(Fetched {
-            committed,
+            verified: writer.verify().await?,
             object_key: None,
         })
     }
@@ -245,7 +258,7 @@ impl Fetch {
                 chunk = batch.freeze();
             }
             let written = writer.append(chunk.clone()).await?;
-            if size.is_some_and(|s| written > s) {
+            if size.is_some_and(|s| writer.accepted() > s) {
                 return Err(CacheError::UpstreamBody(
                     "upstream sent more bytes than announced".into(),
                 ));
@@ -253,7 +266,8 @@ impl Fetch {
             self.progress.send_replace(running(written));
             self.tee_write(tee, chunk).await;
         }
-        let written = writer.written();
+        let written = writer.flush().await?;
+        self.progress.send_replace(running(written));
         if size.is_some_and(|s| s != written) {
             return Err(CacheError::UpstreamBody(format!(
                 "upstream body ended after {written} bytes"
@@ -282,8 +296,7 @@ impl Fetch {
 
     /// Completes the object upload and records the blob in the index. The
     /// blob is safely on disk by now: failures here are logged, not fatal.
-    async fn record(&self, fetched: Fetched, tee: Tee) {
-        let mut object_key = fetched.object_key;
+    async fn record(&self, committed: Committed, mut object_key: Option<String>, tee: Tee) {
         if let (Some((key, upload)), Some(objects)) = (tee, &self.inflight.objects)
             && objects.complete(upload).await
         {
@@ -293,7 +306,7 @@ impl Fetch {
             count_unstored(ObjectKind::Blob);
         }
         let entry = Entry {
-            size: fetched.committed.size,
+            size: committed.size,
             kind: EntryKind::Blob,
             media_type: None,
             refs: Vec::new(),
@@ -310,7 +323,7 @@ impl Fetch {
         {
             warn!(digest = %self.digest, error = %e, "recording blob in the index failed");
         }
-        forget_evicted(meta, fetched.committed.evicted).await;
+        forget_evicted(meta, committed.evicted).await;
     }
 }
 

@@ -134,6 +134,19 @@ impl Cache {
     }
 }
 
+impl Cache {
+    /// Waits up to `timeout` for the downloads under way to end (at
+    /// shutdown: a blob already sent to clients is still being made durable
+    /// and stored). Returns how many were left.
+    pub async fn finish_downloads(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.inflight.len() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.inflight.len()
+    }
+}
+
 /// Drops blobs the disk tier evicted from the index, so it stays truthful;
 /// entries the object tier still holds stay.
 async fn forget_evicted(meta: &Meta, evicted: Vec<Digest>) {

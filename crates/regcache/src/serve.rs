@@ -17,6 +17,9 @@ use upstream::{Upstream, UpstreamConfig};
 
 use crate::config::{Config, StorageConfig, StorageKind};
 
+/// How long shutdown waits for downloads under way to be kept.
+const SHUTDOWN_DOWNLOAD_WAIT: Duration = Duration::from_secs(30);
+
 /// How often batched last-access times are written.
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -54,7 +57,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
 
     let flusher = meta.spawn_access_flusher(ACCESS_FLUSH_INTERVAL);
     let state = AppState {
-        cache,
+        cache: Arc::clone(&cache),
         routes: Arc::new(routes),
         meta: Arc::clone(&meta),
         metrics,
@@ -80,6 +83,13 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving http")?;
+    let left = cache.finish_downloads(SHUTDOWN_DOWNLOAD_WAIT).await;
+    if left > 0 {
+        tracing::warn!(
+            downloads = left,
+            "stopping with downloads unfinished; they start again on demand"
+        );
+    }
     if let Err(e) = flusher.shutdown().await {
         tracing::warn!(error = %e, "flushing access times at shutdown failed");
     }

@@ -142,9 +142,9 @@ impl Stack {
         self.cache.data_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
     }
 
-    /// Waits until no download is left in `tmp/`, then checks `digest` was
-    /// not stored.
-    async fn assert_not_stored(&self, digest: &str) {
+    /// Waits until no download is left in `tmp/` (a verified blob is
+    /// released to clients before it is made durable and put in place).
+    async fn wait_for_downloads(&self) {
         let tmp = self.cache.data_dir.join("tmp");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::fs::read_dir(&tmp).expect("reading tmp/").count() > 0 {
@@ -155,7 +155,16 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    async fn assert_not_stored(&self, digest: &str) {
+        self.wait_for_downloads().await;
         assert!(!self.stored_path(digest).exists(), "{digest} was stored");
+    }
+
+    async fn assert_stored(&self, digest: &str) {
+        self.wait_for_downloads().await;
+        assert!(self.stored_path(digest).exists(), "{digest} was not stored");
     }
 
     async fn metric(&self, name: &str, label: &str) -> f64 {
@@ -279,7 +288,7 @@ async fn cut_corrupt_and_stalled_blobs_are_never_kept() {
     assert_eq!(s.upstream_errors("transport").await, 1.0);
     s.proxy.clear();
     s.pull_verified(&layers[0]).await;
-    assert!(s.stored_path(&layers[0]).exists());
+    s.assert_stored(&layers[0]).await;
 
     // Wrong bytes for three clients at once: every one short of the last
     // byte, which is held back until verification.

@@ -10,7 +10,7 @@ mod writer;
 
 pub use disk::DiskStore;
 pub use memory::{MemoryObject, MemoryStore};
-pub use writer::{BlobWriter, Committed};
+pub use writer::{BlobWriter, Committed, Verified};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

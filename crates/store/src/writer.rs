@@ -12,14 +12,21 @@ use crate::{DiskStore, StoreError};
 /// dropped unfinished, e.g. the upstream connection died).
 ///
 /// The file is shared (positional writes and reads, no shared cursor) so
-/// that readers can follow a download while it is still running.
+/// that readers can follow a download while it is still running. One chunk
+/// is written and hashed on the blocking pool while the caller receives the
+/// next one.
 pub struct BlobWriter {
     store: DiskStore,
     digest: Digest,
     tmp: PathBuf,
     file: Arc<std::fs::File>,
+    /// `None` while a write holds it, or after a write failed.
     hasher: Option<DigestHasher>,
+    pending: Option<tokio::task::JoinHandle<Result<(DigestHasher, u64), StoreError>>>,
+    /// Bytes written and hashed.
     written: u64,
+    /// Bytes handed to [`BlobWriter::append`].
+    accepted: u64,
     finished: bool,
 }
 
@@ -29,6 +36,12 @@ pub struct Committed {
     pub size: u64,
     /// Blobs the disk tier evicted to make room.
     pub evicted: Vec<Digest>,
+}
+
+/// A blob whose every byte is written and matches its digest, not yet
+/// durable nor in place: readers may trust its bytes already.
+pub struct Verified {
+    writer: BlobWriter,
 }
 
 impl BlobWriter {
@@ -42,10 +55,12 @@ impl BlobWriter {
         Ok(BlobWriter {
             store,
             hasher: Some(digest.hasher()),
+            pending: None,
             digest,
             tmp,
             file: Arc::new(file),
             written: 0,
+            accepted: 0,
             finished: false,
         })
     }
@@ -55,12 +70,20 @@ impl BlobWriter {
         Arc::clone(&self.file)
     }
 
+    /// Bytes written to the file so far: what readers may read.
     pub fn written(&self) -> u64 {
         self.written
     }
 
-    /// Writes and hashes `chunk` on the blocking pool; returns the new length.
+    /// Bytes handed to [`BlobWriter::append`] so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
+    /// Starts writing and hashing `chunk` once the previous chunk is done;
+    /// returns [`BlobWriter::written`] as of then.
     pub async fn append(&mut self, chunk: Bytes) -> Result<u64, StoreError> {
+        self.wait_pending().await?;
         let mut hasher = self
             .hasher
             .take()
@@ -68,22 +91,36 @@ impl BlobWriter {
         let file = Arc::clone(&self.file);
         let offset = self.written;
         let tmp = self.tmp.clone();
-        let hasher = tokio::task::spawn_blocking(move || {
+        self.accepted += chunk.len() as u64;
+        self.pending = Some(tokio::task::spawn_blocking(move || {
             file.write_all_at(&chunk, offset)
                 .map_err(|e| StoreError::io(&tmp, e))?;
             hasher.update(&chunk);
-            Ok::<_, StoreError>((hasher, chunk.len() as u64))
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?;
-        let (hasher, len) = hasher?;
-        self.hasher = Some(hasher);
-        self.written += len;
+            Ok((hasher, chunk.len() as u64))
+        }));
         Ok(self.written)
     }
 
-    /// Verifies the digest, makes the bytes durable and moves them into place.
-    pub async fn commit(mut self) -> Result<Committed, StoreError> {
+    /// Waits for the chunk being written; returns [`BlobWriter::written`].
+    pub async fn flush(&mut self) -> Result<u64, StoreError> {
+        self.wait_pending().await?;
+        Ok(self.written)
+    }
+
+    async fn wait_pending(&mut self) -> Result<(), StoreError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let (hasher, len) = pending.await.map_err(|e| StoreError::Task(e.to_string()))??;
+        self.hasher = Some(hasher);
+        self.written += len;
+        debug_assert!(self.written <= self.accepted);
+        Ok(())
+    }
+
+    /// Checks every byte against the digest.
+    pub async fn verify(mut self) -> Result<Verified, StoreError> {
+        self.wait_pending().await?;
         let hasher = self
             .hasher
             .take()
@@ -95,12 +132,29 @@ impl BlobWriter {
                 actual,
             });
         }
+        Ok(Verified { writer: self })
+    }
+
+    /// Verifies the digest, makes the bytes durable and moves them into place.
+    pub async fn commit(self) -> Result<Committed, StoreError> {
+        self.verify().await?.persist().await
+    }
+}
+
+impl Verified {
+    pub fn size(&self) -> u64 {
+        self.writer.written
+    }
+
+    /// Makes the bytes durable and moves them into place.
+    pub async fn persist(mut self) -> Result<Committed, StoreError> {
+        let w = &self.writer;
         let (store, digest, tmp, file, size) = (
-            self.store.clone(),
-            self.digest.clone(),
-            self.tmp.clone(),
-            Arc::clone(&self.file),
-            self.written,
+            w.store.clone(),
+            w.digest.clone(),
+            w.tmp.clone(),
+            Arc::clone(&w.file),
+            w.written,
         );
         let evicted = tokio::task::spawn_blocking(move || {
             file.sync_data().map_err(|e| StoreError::io(&tmp, e))?;
@@ -108,7 +162,7 @@ impl BlobWriter {
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
-        self.finished = true;
+        self.writer.finished = true;
         Ok(Committed { size, evicted })
     }
 }
