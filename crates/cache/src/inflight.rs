@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt as _, StreamExt, TryStreamExt as _};
 use meta::{Command, Entry, EntryKind, Meta};
@@ -15,7 +15,7 @@ use upstream::Upstream;
 use crate::objects::{Objects, count_unstored};
 use crate::{BodyStream, CacheError, body, forget_evicted, unix_now};
 
-/// Writes are batched up to this size: fewer trips to the blocking pool.
+/// Chunks are batched up to this size: fewer trips to the blocking pool.
 const WRITE_BATCH: u64 = 256 * 1024;
 /// How long one chunk may wait for the object store before the download
 /// stops storing there: a stalled store must not stall the clients.
@@ -245,26 +245,29 @@ impl Fetch {
         };
         self.progress.send_replace(running(0));
         while let Some(chunk) = body.next().await {
-            let mut chunk = chunk?;
-            // Coalesce what has already arrived into one write.
-            if (chunk.len() as u64) < WRITE_BATCH {
-                let mut batch = BytesMut::from(chunk);
-                while (batch.len() as u64) < WRITE_BATCH {
-                    match body.next().now_or_never() {
-                        Some(Some(more)) => batch.extend_from_slice(&more?),
-                        _ => break,
+            // Batch what has already arrived into one trip to the disk.
+            let mut batch = vec![chunk?];
+            let mut batched = batch[0].len() as u64;
+            while batched < WRITE_BATCH {
+                match body.next().now_or_never() {
+                    Some(Some(more)) => {
+                        let more = more?;
+                        batched += more.len() as u64;
+                        batch.push(more);
                     }
+                    _ => break,
                 }
-                chunk = batch.freeze();
             }
-            let written = writer.append(chunk.clone()).await?;
+            let written = writer.append_all(batch.clone()).await?;
             if size.is_some_and(|s| writer.accepted() > s) {
                 return Err(CacheError::UpstreamBody(
                     "upstream sent more bytes than announced".into(),
                 ));
             }
             self.progress.send_replace(running(written));
-            self.tee_write(tee, chunk).await;
+            for chunk in batch {
+                self.tee_write(tee, chunk).await;
+            }
         }
         let written = writer.flush().await?;
         self.progress.send_replace(running(written));

@@ -83,20 +83,30 @@ impl BlobWriter {
     /// Starts writing and hashing `chunk` once the previous chunk is done;
     /// returns [`BlobWriter::written`] as of then.
     pub async fn append(&mut self, chunk: Bytes) -> Result<u64, StoreError> {
+        self.append_all(vec![chunk]).await
+    }
+
+    /// [`BlobWriter::append`] for several chunks in one trip to the blocking
+    /// pool, without copying them into one buffer.
+    pub async fn append_all(&mut self, chunks: Vec<Bytes>) -> Result<u64, StoreError> {
         self.wait_pending().await?;
         let mut hasher = self
             .hasher
             .take()
             .ok_or_else(|| StoreError::Task("writer already failed".into()))?;
         let file = Arc::clone(&self.file);
-        let offset = self.written;
+        let mut offset = self.written;
         let tmp = self.tmp.clone();
-        self.accepted += chunk.len() as u64;
+        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        self.accepted += len;
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            file.write_all_at(&chunk, offset)
-                .map_err(|e| StoreError::io(&tmp, e))?;
-            hasher.update(&chunk);
-            Ok((hasher, chunk.len() as u64))
+            for chunk in &chunks {
+                file.write_all_at(chunk, offset)
+                    .map_err(|e| StoreError::io(&tmp, e))?;
+                hasher.update(chunk);
+                offset += chunk.len() as u64;
+            }
+            Ok((hasher, len))
         }));
         Ok(self.written)
     }
