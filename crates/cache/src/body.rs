@@ -55,7 +55,11 @@ async fn read_chunk(
         Some(d) => d.wait_past(pos).await?,
         None => end,
     };
-    let len = (available.min(end) - pos).min(READ_CHUNK);
+    let limit = available.min(end);
+    if let Some(bytes) = download.and_then(|d| d.recent(pos, limit)) {
+        return Ok(bytes);
+    }
+    let len = (limit - pos).min(READ_CHUNK);
     debug_assert!(len > 0);
     let file = Arc::clone(file);
     tokio::task::spawn_blocking(move || {

@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 use upstream::Upstream;
 
 use crate::objects::{Objects, count_unstored};
+use crate::recent::RecentChunks;
 use crate::{BodyStream, CacheError, body, forget_evicted, unix_now};
 
 /// Chunks are batched up to this size: fewer trips to the blocking pool.
@@ -53,6 +54,7 @@ pub(crate) enum Progress {
 pub(crate) struct Download {
     file: Arc<std::fs::File>,
     progress: watch::Receiver<Progress>,
+    recent: Arc<RecentChunks>,
 }
 
 /// The downloads under way, by digest.
@@ -91,9 +93,11 @@ impl Inflight {
         }
         let writer = disk.writer(digest)?;
         let (tx, rx) = watch::channel(Progress::Starting);
+        let recent = Arc::new(RecentChunks::default());
         let download = Arc::new(Download {
             file: writer.file(),
             progress: rx,
+            recent: Arc::clone(&recent),
         });
         downloads.insert(digest.clone(), Arc::clone(&download));
         drop(downloads);
@@ -103,6 +107,7 @@ impl Inflight {
             repo: repo.clone(),
             digest: digest.clone(),
             progress: tx,
+            recent,
         };
         tokio::spawn(task.run(writer));
         Ok(Some((download, false)))
@@ -126,6 +131,7 @@ struct Fetch {
     repo: RepoName,
     digest: Digest,
     progress: watch::Sender<Progress>,
+    recent: Arc<RecentChunks>,
 }
 
 /// A verified blob in its temp file, and where the object tier has it.
@@ -258,6 +264,7 @@ impl Fetch {
                     _ => break,
                 }
             }
+            let mut offset = writer.accepted();
             let written = writer.append_all(batch.clone()).await?;
             if size.is_some_and(|s| writer.accepted() > s) {
                 return Err(CacheError::UpstreamBody(
@@ -266,6 +273,9 @@ impl Fetch {
             }
             self.progress.send_replace(running(written));
             for chunk in batch {
+                let len = chunk.len() as u64;
+                self.recent.push(offset, chunk.clone());
+                offset += len;
                 self.tee_write(tee, chunk).await;
             }
         }
@@ -360,6 +370,11 @@ impl Download {
     /// mistakes unverified bytes for a complete blob.
     pub(crate) fn follow(self: Arc<Self>, start: u64, end: u64) -> BodyStream {
         body::file_range(Arc::clone(&self.file), start, end, Some(self))
+    }
+
+    /// Bytes from `pos` up to `limit` if they are among the newest chunks.
+    pub(crate) fn recent(&self, pos: u64, limit: u64) -> Option<bytes::Bytes> {
+        self.recent.slice(pos, limit)
     }
 
     /// How many bytes followers may read right now.

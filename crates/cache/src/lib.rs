@@ -9,6 +9,7 @@ mod inflight;
 mod keyed_lock;
 mod manifest;
 mod objects;
+mod recent;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
