@@ -66,6 +66,7 @@ fn fixture() -> Fixture {
     let cache = Regcache::start(&registry, &data, &[]);
     let (status, body) = raw_request(&cache.host(), "GET", &format!("/v2/api/blobs/{layer}"));
     assert_eq!((status, body.len()), (200, blob.len()), "warming the cache");
+    cache.wait_for_downloads();
     Fixture {
         _registry: registry,
         cache,

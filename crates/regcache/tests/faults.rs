@@ -142,28 +142,13 @@ impl Stack {
         self.cache.data_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
     }
 
-    /// Waits until no download is left in `tmp/` (a verified blob is
-    /// released to clients before it is made durable and put in place).
-    async fn wait_for_downloads(&self) {
-        let tmp = self.cache.data_dir.join("tmp");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_dir(&tmp).expect("reading tmp/").count() > 0 {
-            assert!(
-                Instant::now() < deadline,
-                "a temp file stays in {}",
-                tmp.display()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     async fn assert_not_stored(&self, digest: &str) {
-        self.wait_for_downloads().await;
+        self.cache.wait_for_downloads();
         assert!(!self.stored_path(digest).exists(), "{digest} was stored");
     }
 
     async fn assert_stored(&self, digest: &str) {
-        self.wait_for_downloads().await;
+        self.cache.wait_for_downloads();
         assert!(self.stored_path(digest).exists(), "{digest} was not stored");
     }
 

@@ -81,6 +81,21 @@ impl Regcache {
         Self::start_with_args(&self.data_dir, self.args.clone(), std::mem::take(&mut self.env))
     }
 
+    /// Waits until no download is left in `tmp/`: a verified blob reaches
+    /// its clients before it is made durable and put in place.
+    pub fn wait_for_downloads(&self) {
+        let tmp = self.data_dir.join("tmp");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_dir(&tmp).expect("reading tmp/").count() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "a temp file stays in {}",
+                tmp.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
