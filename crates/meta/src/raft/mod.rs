@@ -11,10 +11,22 @@
 //!   all in one transaction per batch of entries) ([`StateMachineStore`]);
 //! - `snapshots/current.jsonl`: the last snapshot, the state's JSON-lines
 //!   format with the Raft metadata in its header ([`SnapshotFile`]).
+//!
+//! Between replicas, Raft RPCs travel over gRPC (`proto/raft.proto`):
+//! [`GrpcNetwork`] is the client side openraft calls, [`RaftService`] the
+//! server side that hands requests to the local [`Raft`].
 
 mod log_store;
+mod network;
+mod service;
 mod snapshot_file;
 mod state_machine;
+
+/// Wire types and tonic stubs generated from `proto/raft.proto` by build.rs.
+pub mod pb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("regcache.raft.v1");
+}
 
 use std::fmt;
 use std::io;
@@ -24,6 +36,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use log_store::LogStore;
+pub use network::{GrpcNetwork, PeerClient, TransportError};
+pub use service::RaftService;
 pub use snapshot_file::SnapshotFile;
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 

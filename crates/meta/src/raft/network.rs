@@ -1,0 +1,298 @@
+//! The client side of the Raft transport: what openraft calls to reach a
+//! peer, over one lazily connected gRPC channel per peer.
+//!
+//! Requests and replies are openraft's own types as JSON in the protobuf
+//! `bytes` fields (see `proto/raft.proto` for why). Errors are mapped so
+//! openraft backs off where that helps: a peer that cannot be reached (or
+//! answers "unavailable", e.g. while shutting down) is `Unreachable`, a
+//! request that ran past its deadline is `Timeout`, anything else is a
+//! `Network` error retried at once.
+
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::{StreamExt, stream};
+use openraft::OptionalSend;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
+
+use super::pb::raft_client::RaftClient;
+use super::pb::{RaftReply, RaftRequest, SnapshotChunk};
+use super::{Node, Snapshot, SnapshotFile, TypeConfig, Vote};
+
+/// Snapshot bytes per gRPC message: large enough that per-message overhead
+/// is negligible, small enough to stay far below the decoding limit.
+pub(crate) const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Largest message either side decodes. Appends carry at most openraft's
+/// `max_payload_entries` commands, each a few hundred bytes of JSON; the
+/// limit only stops a broken or hostile peer from making us buffer gigabytes.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why an RPC to a peer failed, before openraft sorts it into its kinds.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("invalid peer address {addr:?}: {source}")]
+    InvalidAddr {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+    #[error("rpc failed: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("cannot encode request: {0}")]
+    Encode(serde_json::Error),
+    #[error("cannot decode reply: {0}")]
+    Decode(serde_json::Error),
+    #[error("cannot read snapshot: {0}")]
+    Snapshot(#[from] io::Error),
+}
+
+/// openraft's network factory: one [`PeerClient`] per target, made when
+/// openraft first replicates to (or asks a vote of) that member.
+#[derive(Clone, Debug)]
+pub struct GrpcNetwork {
+    /// This node's id, for the `Timeout` errors openraft wants.
+    id: u64,
+    connect_timeout: Duration,
+    snapshot_timeout: Duration,
+}
+
+impl GrpcNetwork {
+    /// A factory for node `id`: connects within 1 s (a peer on the same
+    /// network that does not accept by then is down; openraft retries), and
+    /// allows a snapshot transfer 10 minutes.
+    pub fn new(id: u64) -> GrpcNetwork {
+        GrpcNetwork {
+            id,
+            connect_timeout: Duration::from_secs(1),
+            snapshot_timeout: Duration::from_secs(600),
+        }
+    }
+
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> GrpcNetwork {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Bound on sending one full snapshot, streaming and installing included.
+    pub fn with_snapshot_timeout(mut self, timeout: Duration) -> GrpcNetwork {
+        self.snapshot_timeout = timeout;
+        self
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = PeerClient;
+
+    /// Never fails: the channel connects on first use (and reconnects after
+    /// a failure by itself); an address that does not parse makes every RPC
+    /// answer `Unreachable` with the reason.
+    async fn new_client(&mut self, target: u64, node: &Node) -> PeerClient {
+        let client = Endpoint::from_shared(format!("http://{}", node.addr))
+            .map(|endpoint| {
+                let channel = endpoint
+                    .connect_timeout(self.connect_timeout)
+                    // Notices a peer that vanished mid-stream (e.g. during
+                    // a long snapshot) without waiting for TCP timeouts.
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(20))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                RaftClient::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            })
+            .map_err(|source| {
+                TransportError::InvalidAddr {
+                    addr: node.addr.clone(),
+                    source,
+                }
+                .to_string()
+            });
+        PeerClient {
+            id: self.id,
+            target,
+            client,
+            snapshot_timeout: self.snapshot_timeout,
+        }
+    }
+}
+
+/// The connection to one peer, as openraft's `RaftNetworkV2`.
+pub struct PeerClient {
+    id: u64,
+    target: u64,
+    /// The client, or why the peer's address is unusable.
+    client: Result<RaftClient<Channel>, String>,
+    snapshot_timeout: Duration,
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<RaftClient<Channel>, Unreachable<TypeConfig>> {
+        // Cloning a tonic client clones a handle to the same channel.
+        self.client.clone().map_err(Unreachable::from_string)
+    }
+
+    fn timeout(&self, action: RPCTypes, timeout: Duration) -> Timeout<TypeConfig> {
+        Timeout {
+            action,
+            id: self.id,
+            target: self.target,
+            timeout,
+        }
+    }
+
+    /// One unary RPC: encode, send within `option.hard_ttl()`, decode.
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        action: RPCTypes,
+        req: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, RaftRequest) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
+    {
+        let client = self.client()?;
+        let json = serde_json::to_vec(req).map_err(|e| network(TransportError::Encode(e)))?;
+        let ttl = option.hard_ttl();
+        let reply = match tokio::time::timeout(ttl, call(client, RaftRequest { json })).await {
+            Err(_elapsed) => return Err(RPCError::Timeout(self.timeout(action, ttl))),
+            Ok(Err(status)) => return Err(from_status(status)),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        serde_json::from_slice(&reply.json).map_err(|e| RPCError::Network(network(TransportError::Decode(e))))
+    }
+
+    /// Streams `snapshot` to the peer: a header chunk, then the file in
+    /// [`SNAPSHOT_CHUNK_BYTES`] pieces, read asynchronously as they are sent.
+    async fn send_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client()?;
+        let size = snapshot.snapshot.len().map_err(snapshot_err)?;
+        let header = SnapshotChunk {
+            vote: serde_json::to_vec(&vote).map_err(|e| network(TransportError::Encode(e)))?,
+            meta: serde_json::to_vec(&snapshot.meta).map_err(|e| network(TransportError::Encode(e)))?,
+            data: Vec::new(),
+            size,
+        };
+        let file = tokio::fs::File::from_std(snapshot.snapshot.into_file().map_err(snapshot_err)?);
+
+        // A read error ends the stream early; the receiver then sees fewer
+        // bytes than `size` and installs nothing, and we report the error.
+        let read_error: Arc<Mutex<Option<io::Error>>> = Arc::default();
+        let slot = Arc::clone(&read_error);
+        let chunks = stream::unfold(file, move |mut file| {
+            let slot = Arc::clone(&slot);
+            async move {
+                let mut data = vec![0; SNAPSHOT_CHUNK_BYTES];
+                match file.read(&mut data).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        data.truncate(n);
+                        let chunk = SnapshotChunk {
+                            data,
+                            ..SnapshotChunk::default()
+                        };
+                        Some((chunk, file))
+                    }
+                    Err(e) => {
+                        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                        None
+                    }
+                }
+            }
+        });
+        let result = client
+            .install_snapshot(stream::once(async move { header }).chain(chunks))
+            .await;
+        if let Some(e) = read_error.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            return Err(snapshot_err(e));
+        }
+        let reply = result.map_err(|status| match from_status(status) {
+            RPCError::Unreachable(e) => StreamingError::Unreachable(e),
+            RPCError::Timeout(e) => StreamingError::Timeout(e),
+            RPCError::Network(e) => StreamingError::Network(e),
+            RPCError::RemoteError(e) => match e.source {},
+        })?;
+        serde_json::from_slice(&reply.into_inner().json)
+            .map_err(|e| StreamingError::Network(network(TransportError::Decode(e))))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(RPCTypes::AppendEntries, &rpc, &option, |mut c, req| async move {
+            c.append_entries(req).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, req| async move {
+            c.vote(req).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let limit = self.snapshot_timeout;
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            sent = tokio::time::timeout(limit, self.send_snapshot(vote, snapshot)) => match sent {
+                Ok(result) => result,
+                Err(_elapsed) => Err(StreamingError::Timeout(
+                    self.timeout(RPCTypes::InstallSnapshot, limit),
+                )),
+            },
+        }
+    }
+}
+
+fn network(e: TransportError) -> NetworkError<TypeConfig> {
+    NetworkError::new(&e)
+}
+
+fn snapshot_err(e: io::Error) -> StreamingError<TypeConfig> {
+    StreamingError::Network(network(TransportError::Snapshot(e)))
+}
+
+/// `Unavailable` is what tonic answers when it cannot connect, and what our
+/// server answers when its Raft is shutting down: both mean back off.
+fn from_status(status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&TransportError::Status(status))),
+        _ => RPCError::Network(network(TransportError::Status(status))),
+    }
+}
