@@ -42,6 +42,20 @@ pub struct RaftApplied {
     pub membership: StoredMembership,
 }
 
+/// Opens (creates) the redb database at `path`, and its directory.
+pub(crate) fn create_database(path: &Path) -> Result<Database, MetaError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| MetaError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    Database::create(path).map_err(|source| MetaError::Open {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
 /// Tags and the content index in one redb file, plus the last applied index,
 /// all changed together so a crash never separates them.
 pub struct StateMachine {
@@ -51,16 +65,7 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens (creates) the database, and its directory, at `path`.
     pub fn open(path: &Path) -> Result<StateMachine, MetaError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| MetaError::CreateDir {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        let db = Database::create(path).map_err(|source| MetaError::Open {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
+        let db = create_database(path)?;
         // Creating the tables up front lets reads assume they exist.
         let txn = db.begin_write()?;
         txn.open_table(TAGS)?;

@@ -50,16 +50,7 @@ pub struct LogStore {
 impl LogStore {
     /// Opens (creates) the log database at `path`, creating its directory.
     pub fn open(path: &Path) -> Result<LogStore, MetaError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| MetaError::CreateDir {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        let db = Database::create(path).map_err(|source| MetaError::Open {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
+        let db = crate::state::create_database(path)?;
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
         txn.open_table(STATE)?;
