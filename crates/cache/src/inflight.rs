@@ -150,11 +150,7 @@ impl Fetch {
             Ok(fetched) => return self.keep(fetched, tee).await,
             Err(e) => e,
         };
-        if let Some((key, upload)) = tee.take()
-            && let Err(abort) = upload.abort().await
-        {
-            warn!(key, error = %abort, "aborting the object upload failed; the stale-upload sweep will");
-        }
+        abort_tee(tee).await;
         // Bytes that fail verification are the upstream's fault: a bad
         // gateway (502) for the client, not an internal error.
         let e = match e {
@@ -186,11 +182,7 @@ impl Fetch {
             }
             Err(e) => {
                 warn!(digest = %self.digest, error = %e, "keeping a verified blob on disk failed");
-                if let Some((key, upload)) = tee
-                    && let Err(abort) = upload.abort().await
-                {
-                    warn!(key, error = %abort, "aborting the object upload failed; the stale-upload sweep will");
-                }
+                abort_tee(tee).await;
             }
         }
         self.inflight.lock().remove(&self.digest);
@@ -337,6 +329,15 @@ impl Fetch {
             warn!(digest = %self.digest, error = %e, "recording blob in the index failed");
         }
         forget_evicted(meta, committed.evicted).await;
+    }
+}
+
+/// Discards what a download copied into the object tier.
+async fn abort_tee(tee: Tee) {
+    if let Some((key, upload)) = tee
+        && let Err(e) = upload.abort().await
+    {
+        warn!(key, error = %e, "aborting the object upload failed; the stale-upload sweep will");
     }
 }
 

@@ -130,7 +130,7 @@ impl Cache {
         let Some((key, bytes)) = objects.read_small(ObjectKind::Manifest, digest, hint, max).await else {
             return Ok(None);
         };
-        if digest_of(digest, &bytes) != *digest {
+        if digest.rehash(&bytes) != *digest {
             objects.discard_corrupt(&key).await;
             return Ok(None);
         }
@@ -326,7 +326,7 @@ impl Cache {
 
 /// Checks manifest bytes against the digest they were asked or announced by.
 fn verify(src: &Source, expected: &Digest, bytes: &[u8]) -> Result<(), CacheError> {
-    let actual = digest_of(expected, bytes);
+    let actual = expected.rehash(bytes);
     if &actual != expected {
         metrics::counter!("regcache_digest_mismatch_total", "upstream" => src.upstream.name().to_owned())
             .increment(1);
@@ -336,11 +336,4 @@ fn verify(src: &Source, expected: &Digest, bytes: &[u8]) -> Result<(), CacheErro
         });
     }
     Ok(())
-}
-
-/// The digest of `bytes` by `expected`'s algorithm.
-fn digest_of(expected: &Digest, bytes: &[u8]) -> Digest {
-    let mut hasher = expected.hasher();
-    hasher.update(bytes);
-    hasher.finish()
 }

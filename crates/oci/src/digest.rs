@@ -64,6 +64,13 @@ impl Digest {
     }
 
     /// A hasher of this digest's algorithm, to verify streamed content.
+    /// The digest of `bytes` by this digest's algorithm, to compare with it.
+    pub fn rehash(&self, bytes: &[u8]) -> Digest {
+        let mut hasher = self.hasher();
+        hasher.update(bytes);
+        hasher.finish()
+    }
+
     pub fn hasher(&self) -> DigestHasher {
         DigestHasher::new(self.algorithm)
     }

@@ -130,9 +130,7 @@ async fn manifest_entry(objects: &Objects, digest: &Digest, object: ObjectInfo, 
     let (key, bytes) = objects
         .read_small(ObjectKind::Manifest, digest, Some(object.key.clone()), max)
         .await?;
-    let mut hasher = digest.hasher();
-    hasher.update(&bytes);
-    if hasher.finish() != *digest {
+    if digest.rehash(&bytes) != *digest {
         warn!(key, "manifest object does not match its digest, skipped");
         return None;
     }
