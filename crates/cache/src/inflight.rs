@@ -43,6 +43,7 @@ pub(crate) enum Progress {
     /// Every byte written and verified (being made durable and put in place).
     Done {
         size: u64,
+        origin: Origin,
     },
     Failed(Arc<CacheError>),
 }
@@ -174,7 +175,11 @@ impl Fetch {
     /// the disk tier, and shutdown waits for all of it.
     async fn keep(&self, fetched: Fetched, tee: Tee) {
         let size = fetched.verified.size();
-        self.progress.send_replace(Progress::Done { size });
+        let origin = match &fetched.object_key {
+            Some(key) => Origin::Object(Arc::from(key.as_str())),
+            None => Origin::Upstream,
+        };
+        self.progress.send_replace(Progress::Done { size, origin });
         match fetched.verified.persist().await {
             Ok(committed) => {
                 debug!(upstream = self.upstream.name(), digest = %self.digest, size, "blob cached");
@@ -351,14 +356,14 @@ impl Download {
                 size: Some(size),
                 origin,
                 ..
-            } => {
+            }
+            | Progress::Done { size, origin } => {
                 let key = match origin {
                     Origin::Object(key) => Some(Arc::clone(key)),
                     Origin::Upstream => None,
                 };
                 Some(Ok((*size, key)))
             }
-            Progress::Done { size } => Some(Ok((*size, None))),
             Progress::Failed(e) => Some(Err(CacheError::Download(Arc::clone(e)))),
             Progress::Starting | Progress::Running { size: None, .. } => None,
         })
@@ -382,7 +387,7 @@ impl Download {
     pub(crate) fn readable(&self) -> u64 {
         match &*self.progress.borrow() {
             Progress::Running { written, size, .. } => visible(*written, *size),
-            Progress::Done { size } => *size,
+            Progress::Done { size, .. } => *size,
             Progress::Starting | Progress::Failed(_) => 0,
         }
     }
@@ -393,7 +398,7 @@ impl Download {
             Progress::Running { written, size, .. } if visible(*written, *size) > pos => {
                 Some(Ok(visible(*written, *size)))
             }
-            Progress::Done { size } if *size > pos => Some(Ok(*size)),
+            Progress::Done { size, .. } if *size > pos => Some(Ok(*size)),
             Progress::Done { .. } => Some(Err(std::io::Error::other("blob shorter than announced"))),
             Progress::Failed(e) => Some(Err(std::io::Error::other(format!(
                 "upstream download failed: {e}"
