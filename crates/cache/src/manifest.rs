@@ -190,12 +190,17 @@ impl Cache {
             last_access: unix_now().as_secs(),
             object_key,
         };
-        self.meta
+        // Unrecorded, the manifest is still served from the local tiers.
+        if let Err(e) = self
+            .meta
             .propose(Command::PutEntry {
                 digest: digest.clone(),
                 entry,
             })
-            .await?;
+            .await
+        {
+            warn!(digest = %digest, error = %e, "recording manifest in the index failed");
+        }
         forget_evicted(&self.meta, committed.evicted).await;
         Ok(ManifestHit {
             digest: digest.clone(),
@@ -270,7 +275,7 @@ impl Cache {
                 .await?;
             if let Some(digest) = head.digest {
                 let hit = self.manifest_by_digest(src, repo, &digest).await?;
-                self.set_tag(key, &hit).await?;
+                self.set_tag(key, &hit).await;
                 return Ok(hit);
             }
         }
@@ -289,7 +294,7 @@ impl Cache {
                     .await?
             }
         };
-        self.set_tag(key, &hit).await?;
+        self.set_tag(key, &hit).await;
         Ok(hit)
     }
 
@@ -308,19 +313,22 @@ impl Cache {
             .await?)
     }
 
-    async fn set_tag(&self, key: &TagKey, hit: &ManifestHit) -> Result<(), CacheError> {
+    /// Records what the upstream said the tag is. When that cannot commit
+    /// (no Raft quorum), the answer is still served and the next request
+    /// asks the upstream again.
+    async fn set_tag(&self, key: &TagKey, hit: &ManifestHit) {
         let record = TagRecord {
             digest: hit.digest.clone(),
             media_type: hit.media_type.clone(),
             checked_at_ms: unix_now().as_millis() as u64,
         };
-        self.meta
-            .propose(Command::SetTag {
-                key: key.clone(),
-                record,
-            })
-            .await?;
-        Ok(())
+        let cmd = Command::SetTag {
+            key: key.clone(),
+            record,
+        };
+        if let Err(e) = self.meta.propose(cmd).await {
+            warn!(upstream = key.upstream, repo = key.repo, tag = key.tag, error = %e, "recording tag failed");
+        }
     }
 }
 

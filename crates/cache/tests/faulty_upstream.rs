@@ -11,7 +11,7 @@ use axum::Router;
 use axum::routing::get;
 use cache::{Body, Cache, CacheSettings, Source};
 use futures_util::StreamExt;
-use meta::Meta;
+use meta::{GroupSettings, Meta};
 use oci::Digest;
 use store::{DiskStore, MemoryStore};
 use upstream::{Upstream, UpstreamConfig};
@@ -34,8 +34,11 @@ async fn fault_server(body: Vec<u8>, hits: Arc<AtomicUsize>) -> String {
     format!("http://{addr}")
 }
 
-fn cache_over(dir: &std::path::Path, url: &str) -> (Cache, Source, DiskStore) {
-    let meta = Arc::new(Meta::open(&dir.join("meta/state.redb")).expect("opening meta"));
+async fn cache_over(dir: &std::path::Path, url: &str) -> (Cache, Source, DiskStore) {
+    let meta = Meta::start(&dir.join("meta"), &GroupSettings::single())
+        .await
+        .expect("starting meta");
+    let meta = Arc::new(meta);
     let disk = DiskStore::open(dir, 1 << 30).expect("opening disk tier");
     let settings = CacheSettings {
         max_stale: Duration::from_secs(60),
@@ -81,7 +84,7 @@ async fn wrong_bytes_are_never_stored_and_every_client_sees_an_error() {
     let hits = Arc::new(AtomicUsize::new(0));
     let url = fault_server(vec![7u8; 3 << 20], Arc::clone(&hits)).await;
     let dir = tempfile::tempdir().unwrap();
-    let (cache, source, disk) = cache_over(dir.path(), &url);
+    let (cache, source, disk) = cache_over(dir.path(), &url).await;
     let cache = Arc::new(cache);
     let source = Arc::new(source);
     let claimed = Digest::sha256_of(b"the bytes the client asked for");
@@ -129,7 +132,7 @@ async fn right_bytes_are_stored_once_and_served_from_disk() {
     let hits = Arc::new(AtomicUsize::new(0));
     let url = fault_server(content.clone(), Arc::clone(&hits)).await;
     let dir = tempfile::tempdir().unwrap();
-    let (cache, source, disk) = cache_over(dir.path(), &url);
+    let (cache, source, disk) = cache_over(dir.path(), &url).await;
     let repo: oci::RepoName = "library/x".parse().unwrap();
     for _ in 0..3 {
         let hit = cache.blob(&source, &repo, &digest, None).await.unwrap();

@@ -37,6 +37,21 @@ pub enum MetaError {
     InvalidSnapshot { line: u64, reason: String },
     #[error("metadata task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// No leader acknowledged by a quorum: cached content is still served,
+    /// metadata changes wait until the group is whole again.
+    #[error("no raft quorum: metadata cannot change until a majority of members is up")]
+    NoQuorum,
+    /// Raft stopped or refused the request (not a command's own fault).
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The leader refused the command as invalid in itself.
+    #[error("command refused: {0}")]
+    Refused(String),
+    /// Offline tools write metadata only where Raft does not own it.
+    #[error(
+        "metadata in {0} belongs to a raft group; stop using it offline, or remove the directory to start over"
+    )]
+    RaftOwned(PathBuf),
 }
 
 /// Every redb error type funnels into [`MetaError::Storage`].

@@ -1,22 +1,24 @@
 //! Cluster metadata: tags and the content index, changed only by [`Command`]s
 //! applied in order to a [`StateMachine`] persisted in redb.
 //!
-//! Callers only [`Meta::propose`] commands and read the local state. Today a
-//! local counter orders the commands; later the Raft log does, behind the
-//! same methods, and the state machine stays as it is. [`raft`] holds the
-//! storage openraft needs for that (not wired into `propose` yet).
+//! Callers only [`Meta::propose`] commands and read the local state. A
+//! serving replica orders commands through its Raft group ([`Meta::start`],
+//! a group of one by default); offline tools order them with a local counter
+//! ([`Meta::open_offline`]) on a state no group owns.
 
 mod access;
 mod command;
 mod error;
+mod group;
 pub mod raft;
 mod snapshot;
 mod state;
+mod status;
 mod tables;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oci::Digest;
 use tracing::info;
@@ -24,43 +26,86 @@ use tracing::info;
 pub use access::AccessFlusher;
 pub use command::{Command, Entry, EntryKind, TagKey, TagRecord};
 pub use error::MetaError;
+pub use group::GroupSettings;
 pub use snapshot::SnapshotInfo;
 pub use state::{MetaStats, RaftApplied, StateMachine};
+pub use status::{GroupStatus, MemberStatus};
 
 use access::PendingAccesses;
+use group::Group;
 
 /// A replica's handle on the metadata. Share it as `Arc<Meta>`.
 pub struct Meta {
     state: Arc<StateMachine>,
-    /// Stand-in for the Raft log: the next index to assign. Held while a
-    /// command applies, so indexes and applies happen in the same order.
-    next_index: Arc<Mutex<u64>>,
+    order: Order,
     accesses: PendingAccesses,
 }
 
+/// Who decides the order commands apply in.
+enum Order {
+    /// The Raft log of the group this replica belongs to.
+    Raft(Box<Group>),
+    /// A local counter: the next index to assign, held while a command
+    /// applies so indexes and applies happen in the same order.
+    Offline(Arc<Mutex<u64>>),
+}
+
 impl Meta {
-    /// Opens (creates) the redb file at `path` (e.g.
-    /// `<data_dir>/meta/state.redb`), creating its directory. Indexes
-    /// continue after the last one applied before.
-    pub fn open(path: &Path) -> Result<Meta, MetaError> {
-        let state = StateMachine::open(path)?;
-        let last_applied = state.last_applied()?;
-        info!(path = %path.display(), ?last_applied, "opened metadata");
+    /// Opens the state under `dir` (`state.redb`, Raft's storage in
+    /// `raft/`, both created if missing) and starts this replica's member of
+    /// the Raft group. Must be called inside a tokio runtime; serve
+    /// [`Meta::raft_service`] to peers when the group has more than one
+    /// member.
+    pub async fn start(dir: &Path, settings: &GroupSettings) -> Result<Meta, MetaError> {
+        let state = Arc::new(StateMachine::open(&dir.join("state.redb"))?);
+        let group = Group::start(&dir.join("raft"), Arc::clone(&state), settings).await?;
+        info!(dir = %dir.display(), node_id = settings.node_id, "started metadata");
         Ok(Meta {
-            state: Arc::new(state),
-            next_index: Arc::new(Mutex::new(last_applied.map_or(1, |i| i + 1))),
+            state,
+            order: Order::Raft(Box::new(group)),
             accesses: PendingAccesses::default(),
         })
     }
 
-    /// Orders and applies one command: one redb write transaction on tokio's
-    /// blocking pool, durable on return (except `Touch`, see
-    /// [`StateMachine::apply`]). Later: a Raft proposal, returning once
-    /// committed and applied locally. If the future is dropped early the
-    /// command may still be applied.
+    /// Opens the state under `dir` for an offline tool (e.g. an index
+    /// rebuild): commands apply locally, in call order. Refused when a Raft
+    /// group owns the state, whose log alone may order its changes.
+    pub fn open_offline(dir: &Path) -> Result<Meta, MetaError> {
+        let raft_dir = dir.join("raft");
+        if raft_dir.exists() {
+            return Err(MetaError::RaftOwned(raft_dir));
+        }
+        let state = StateMachine::open(&dir.join("state.redb"))?;
+        let last_applied = state.last_applied()?;
+        info!(dir = %dir.display(), ?last_applied, "opened metadata offline");
+        Ok(Meta {
+            state: Arc::new(state),
+            order: Order::Offline(Arc::new(Mutex::new(last_applied.map_or(1, |i| i + 1)))),
+            accesses: PendingAccesses::default(),
+        })
+    }
+
+    /// Orders and applies one command; on return it is committed and
+    /// applied here, so this replica reads its own write. Through Raft it
+    /// waits for a leader and a quorum for a few seconds, and fails at once
+    /// with [`MetaError::NoQuorum`] while the group has long been without
+    /// one. If the future is dropped early the command may still apply.
     pub async fn propose(&self, cmd: Command) -> Result<(), MetaError> {
+        StateMachine::validate(&cmd)?;
+        let started = Instant::now();
+        let result = match &self.order {
+            Order::Raft(group) => group.propose(&cmd).await,
+            Order::Offline(next_index) => self.apply_offline(next_index, cmd.clone()).await,
+        };
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        metrics::histogram!("regcache_meta_proposal_seconds", "command" => cmd.name(), "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn apply_offline(&self, next_index: &Arc<Mutex<u64>>, cmd: Command) -> Result<(), MetaError> {
         let state = Arc::clone(&self.state);
-        let next_index = Arc::clone(&self.next_index);
+        let next_index = Arc::clone(next_index);
         tokio::task::spawn_blocking(move || {
             // A poisoned lock only means an apply panicked; its transaction
             // was dropped uncommitted and the index not consumed.
@@ -70,6 +115,51 @@ impl Meta {
             Ok(())
         })
         .await?
+    }
+
+    /// The Raft handle, for status and membership changes; `None` offline.
+    pub fn raft(&self) -> Option<&raft::Raft> {
+        match &self.order {
+            Order::Raft(group) => Some(group.raft()),
+            Order::Offline(_) => None,
+        }
+    }
+
+    /// The gRPC services of the cluster port: Raft RPCs and forwarded
+    /// proposals for peers, membership and status for `regcache cluster`;
+    /// `None` offline.
+    pub fn cluster_services(&self) -> Option<(raft::RaftService, raft::admin::AdminService)> {
+        match &self.order {
+            Order::Raft(group) => Some((
+                group.service(),
+                raft::admin::AdminService::new(group.raft().clone()),
+            )),
+            Order::Offline(_) => None,
+        }
+    }
+
+    /// The Raft group as this member sees it; `None` offline.
+    pub fn status(&self) -> Option<GroupStatus> {
+        match &self.order {
+            Order::Raft(group) => Some(group.status()),
+            Order::Offline(_) => None,
+        }
+    }
+
+    /// Whether a change proposed now can commit (offline: always). Reads
+    /// are served either way.
+    pub fn writable(&self) -> bool {
+        match &self.order {
+            Order::Raft(group) => group.writable(),
+            Order::Offline(_) => true,
+        }
+    }
+
+    /// Stops this replica's Raft member (nothing to do offline).
+    pub async fn shutdown(&self) {
+        if let Order::Raft(group) = &self.order {
+            group.shutdown().await;
+        }
     }
 
     /// The tag as this replica last applied it. A follower may lag the leader

@@ -96,6 +96,36 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Prepares a state for Raft to own. Records applied outside Raft (by an
+    /// index rebuild, or before Raft) are kept, but their indexes belong to
+    /// no Raft log, so the last applied index is reset for Raft's to follow.
+    /// Returns whether there were such records; a no-op for a state Raft
+    /// already owns.
+    pub(crate) fn adopt_for_raft(&self) -> Result<bool, MetaError> {
+        if self.raft_applied()?.last_log_id.is_some() || self.last_applied()?.is_none() {
+            return Ok(false);
+        }
+        let txn = self.db.begin_write()?;
+        tables::set_last_applied(&mut txn.open_table(META)?, None)?;
+        txn.commit()?;
+        Ok(true)
+    }
+
+    /// Empties the state, in one durable transaction.
+    pub(crate) fn clear(&self) -> Result<(), MetaError> {
+        let txn = self.db.begin_write()?;
+        for table in [TAGS, ENTRIES] {
+            txn.delete_table(table)?;
+            txn.open_table(table)?;
+        }
+        txn.delete_table(META)?;
+        txn.open_table(META)?;
+        txn.delete_table(RAFT)?;
+        txn.open_table(RAFT)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// What makes a command invalid in itself, checked before anything is
     /// written: such a command is refused alike by every replica.
     pub fn validate(cmd: &Command) -> Result<(), MetaError> {

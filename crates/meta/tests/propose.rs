@@ -1,4 +1,5 @@
-//! The `Meta` handle end to end: propose, read back, reopen, access flushing.
+//! The `Meta` handle end to end, offline (local order): propose, read back,
+//! reopen, access flushing. tests/group.rs runs it as a Raft group.
 
 mod common;
 
@@ -9,7 +10,7 @@ use common::{blob, digest, key, manifest, record};
 use meta::{Command, Meta, MetaStats};
 
 fn open(dir: &tempfile::TempDir) -> Meta {
-    Meta::open(&dir.path().join("meta/state.redb")).expect("open meta")
+    Meta::open_offline(&dir.path().join("meta")).expect("open meta offline")
 }
 
 #[tokio::test]

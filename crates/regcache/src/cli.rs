@@ -8,7 +8,7 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::clients;
-use crate::config::{RawStorage, check_remote_url, check_upstream_name};
+use crate::config::{RawCluster, RawStorage, check_remote_url, check_upstream_name};
 
 /// A pull-through cache for OCI and Docker registries.
 #[derive(Debug, Parser)]
@@ -28,13 +28,53 @@ pub enum Command {
     /// Work with the content index.
     #[command(subcommand)]
     Index(IndexCommand),
+    /// Inspect and change the Raft group, through any member's cluster port.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Show the members, the leader, term, commit and applied index, and
+    /// each member's lag (as the leader knows it).
+    Status {
+        /// Any member's cluster port, e.g. regcache-0.regcache-peers:5001.
+        #[arg(long, env = "REGCACHE_CLUSTER", value_name = "HOST:PORT")]
+        cluster: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a running member: first as a learner, then as a voter once it
+    /// has caught up. Start it with every current member in its --peer list.
+    AddNode {
+        /// Any member's cluster port.
+        #[arg(long, env = "REGCACHE_CLUSTER", value_name = "HOST:PORT")]
+        cluster: String,
+        /// The new member's node id (above every current one).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+        /// The new member's cluster port as the others reach it.
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: String,
+    },
+    /// Remove a member from the group; stop it afterwards.
+    RemoveNode {
+        /// Any member's cluster port.
+        #[arg(long, env = "REGCACHE_CLUSTER", value_name = "HOST:PORT")]
+        cluster: String,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum IndexCommand {
     /// Rebuild the content index from the object tier (after losing the
     /// metadata volume); run it with the replica's configuration while the
-    /// replica is stopped.
+    /// replica is stopped. In a cluster that lost every metadata volume,
+    /// run it on the member with the lowest id: it forms the group and
+    /// sends the index to the others.
     Rebuild {
         /// Configuration file (TOML); without it the embedded default is used.
         #[arg(long, env = "REGCACHE_CONFIG", value_name = "FILE")]
@@ -128,6 +168,8 @@ pub struct ServeOverrides {
     pub upstreams: Vec<UpstreamOverride>,
     #[command(flatten)]
     pub storage: StorageOverrides,
+    #[command(flatten)]
+    pub cluster: ClusterOverrides,
 }
 
 /// `[storage]` settings from the command line; checked with the file's rules.
@@ -169,6 +211,64 @@ impl StorageOverrides {
         }
         if self.s3_force_path_style {
             raw.force_path_style = Some(true);
+        }
+        raw
+    }
+}
+
+/// `[cluster]` settings from the command line; checked with the file's rules.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ClusterOverrides {
+    /// This replica's Raft node id, at least 1 (overrides `cluster.node_id`).
+    #[arg(
+        long,
+        env = "REGCACHE_NODE_ID",
+        value_name = "N",
+        conflicts_with = "node_id_from_hostname"
+    )]
+    pub node_id: Option<u64>,
+    /// Node id = ordinal + 1 of a StatefulSet pod's hostname (regcache-2 is
+    /// node 3), so every pod can share one pod template.
+    #[arg(long, env = "REGCACHE_NODE_ID_FROM_HOSTNAME")]
+    pub node_id_from_hostname: bool,
+    /// Address for Raft and peer traffic, e.g. 0.0.0.0:5001; replicas only.
+    #[arg(long, env = "REGCACHE_CLUSTER_LISTEN", value_name = "ADDR")]
+    pub cluster_listen: Option<String>,
+    /// HOST:PORT peers reach this node at, when the listen address is not it.
+    #[arg(long, env = "REGCACHE_CLUSTER_ADVERTISE", value_name = "HOST:PORT")]
+    pub cluster_advertise: Option<String>,
+    /// An initial member, this node included; repeatable (the environment
+    /// variable takes a comma-separated list), replaces `cluster.peers`.
+    #[arg(
+        long = "peer",
+        env = "REGCACHE_PEERS",
+        value_name = "ID=HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub peers: Vec<String>,
+    /// Snapshot the Raft log (and purge what it covers) every N entries.
+    #[arg(long, env = "REGCACHE_SNAPSHOT_EVERY", value_name = "N")]
+    pub snapshot_every: Option<u64>,
+}
+
+impl ClusterOverrides {
+    /// The file's `[cluster]` with these settings on top; the hostname's node
+    /// id is resolved with the rest of `[cluster]`, which can report errors.
+    pub(crate) fn apply(&self, mut raw: RawCluster) -> RawCluster {
+        if self.node_id.is_some() {
+            raw.node_id = self.node_id;
+        }
+        if self.cluster_listen.is_some() {
+            raw.listen.clone_from(&self.cluster_listen);
+        }
+        if self.cluster_advertise.is_some() {
+            raw.advertise.clone_from(&self.cluster_advertise);
+        }
+        if !self.peers.is_empty() {
+            raw.peers = Some(self.peers.clone());
+        }
+        if self.snapshot_every.is_some() {
+            raw.snapshot_every = self.snapshot_every;
         }
         raw
     }
@@ -239,6 +339,63 @@ mod tests {
         let names: Vec<_> = o.upstreams.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["docker.io", "registry.local:5000"]);
         assert_eq!(o.upstreams[0].remote_url.as_str(), "http://127.0.0.1:5001/");
+    }
+
+    #[test]
+    fn serve_takes_cluster_flags() {
+        let cli = parse(&[
+            "serve",
+            "--node-id",
+            "2",
+            "--cluster-listen",
+            "0.0.0.0:5001",
+            "--cluster-advertise",
+            "regcache-1.regcache-peers:5001",
+            "--peer",
+            "1=regcache-0.regcache-peers:5001",
+            "--peer",
+            "2=regcache-1.regcache-peers:5001,3=regcache-2.regcache-peers:5001",
+            "--snapshot-every",
+            "500",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve: {cli:?}");
+        };
+        let c = args.overrides.cluster;
+        assert_eq!(c.node_id, Some(2));
+        assert!(!c.node_id_from_hostname);
+        assert_eq!(c.cluster_listen.as_deref(), Some("0.0.0.0:5001"));
+        assert_eq!(
+            c.cluster_advertise.as_deref(),
+            Some("regcache-1.regcache-peers:5001")
+        );
+        assert_eq!(
+            c.peers,
+            [
+                "1=regcache-0.regcache-peers:5001",
+                "2=regcache-1.regcache-peers:5001",
+                "3=regcache-2.regcache-peers:5001"
+            ]
+        );
+        assert_eq!(c.snapshot_every, Some(500));
+        let cli = parse(&["index", "rebuild", "--node-id-from-hostname"]).unwrap();
+        let Command::Index(IndexCommand::Rebuild { overrides, .. }) = cli.command else {
+            panic!("not index rebuild: {cli:?}");
+        };
+        assert!(overrides.cluster.node_id_from_hostname);
+        for (args, expected) in [
+            (
+                &["serve", "--node-id", "1", "--node-id-from-hostname"][..],
+                "cannot be used with",
+            ),
+            (&["serve", "--node-id", "-1"], "unexpected argument"),
+            (&["serve", "--node-id", "one"], "invalid digit"),
+            (&["serve", "--snapshot-every", "1e4"], "invalid digit"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
     }
 
     #[test]

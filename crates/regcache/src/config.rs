@@ -4,6 +4,7 @@
 //! the process with an error that names the field instead of failing later
 //! on the first pull.
 
+mod cluster;
 mod fields;
 mod raw;
 mod render;
@@ -11,6 +12,8 @@ mod storage;
 mod upstreams;
 mod validate;
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod storage_tests;
 #[cfg(test)]
@@ -24,8 +27,9 @@ use upstream::Secret;
 
 use crate::cli::ServeOverrides;
 
+pub use cluster::ClusterConfig;
 pub(crate) use fields::{check_remote_url, check_upstream_name};
-pub(crate) use raw::RawStorage;
+pub(crate) use raw::{RawCluster, RawStorage};
 pub use render::render_redacted;
 pub use storage::{StorageConfig, StorageKind};
 
@@ -38,6 +42,7 @@ pub struct Config {
     pub default_upstream: String,
     pub cache: CacheConfig,
     pub storage: StorageConfig,
+    pub cluster: ClusterConfig,
     pub upstreams: Vec<UpstreamConfigEntry>,
 }
 

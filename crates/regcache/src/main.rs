@@ -2,6 +2,7 @@
 
 mod cli;
 mod clients;
+mod cluster;
 mod config;
 mod rebuild;
 mod serve;
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Config(ConfigCommand::Client(command)) => clients::run(&command),
+        Command::Cluster(command) => cluster::run(&command),
         Command::Index(IndexCommand::Rebuild { config, overrides }) => {
             init_logging(LogFormat::Text);
             let result = config::load(config.as_deref(), &overrides)

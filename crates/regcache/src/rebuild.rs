@@ -12,7 +12,7 @@ use std::time::UNIX_EPOCH;
 
 use anyhow::Context as _;
 use cache::Objects;
-use meta::{Command, Entry, EntryKind};
+use meta::{Command, Entry, EntryKind, Meta};
 use objstore::{ObjectInfo, ObjectKind, ObjectStore};
 use oci::{Digest, parse_manifest};
 use tracing::warn;
@@ -50,7 +50,10 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
          lives in the disk tier alone and is served without the index",
     )?;
     let newest = newest_objects(&store).await?;
-    let meta = serve::open_meta(&config.data_dir)?;
+    let meta_dir = serve::meta_dir(&config.data_dir)?;
+    let meta = Meta::open_offline(&meta_dir).context(
+        "the index can only be rebuilt where the metadata was lost: this replica still has its raft state",
+    )?;
     let objects = Objects::new(store);
     let mut report = newest.report;
     for ((kind, digest), object) in newest.objects {

@@ -1,17 +1,19 @@
 //! Wires the crates into one running replica.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
 use cache::{Cache, CacheSettings, Objects, Source};
-use meta::Meta;
+use meta::{GroupSettings, Meta};
 use metrics_exporter_prometheus::PrometheusHandle;
 use objstore::{FsStore, ObjectStore, S3Config, S3Store, S3Timeouts};
 use server::{AppState, Routes};
 use store::{DiskStore, MemoryStore};
+use tokio::sync::oneshot;
+use tonic::transport::server::TcpIncoming;
 use tracing::info;
 use upstream::{Upstream, UpstreamConfig};
 
@@ -26,7 +28,7 @@ const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let meta = Arc::new(open_meta(&config.data_dir)?);
+    let meta = Arc::new(start_meta(&config).await?);
     let disk = DiskStore::open(&config.data_dir, config.cache.disk_bytes).context("opening disk tier")?;
     let memory = MemoryStore::new(config.cache.memory_bytes, config.cache.memory_object_max);
     let settings = CacheSettings {
@@ -55,6 +57,16 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     let routes = Routes::new(sources, &config.default_upstream)
         .with_context(|| format!("default upstream {} is not configured", config.default_upstream))?;
 
+    let (stop_peers, peers_stopped) = oneshot::channel();
+    let peer_server = match config.cluster.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the cluster port {addr}"))?;
+            Some(serve_peers(listener, &meta, peers_stopped).await?)
+        }
+        None => None,
+    };
     let flusher = meta.spawn_access_flusher(ACCESS_FLUSH_INTERVAL);
     let state = AppState {
         cache: Arc::clone(&cache),
@@ -78,7 +90,15 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         StorageKind::Fs { path: Some(_) } => "fs",
         StorageKind::S3(_) => "s3",
     };
-    info!(listen = %local_addr, data_dir = %config.data_dir.display(), storage, upstreams = config.upstreams.len(), "regcache serving");
+    info!(
+        listen = %local_addr,
+        data_dir = %config.data_dir.display(),
+        storage,
+        upstreams = config.upstreams.len(),
+        node_id = config.cluster.node_id,
+        cluster_listen = ?config.cluster.listen,
+        "regcache serving"
+    );
     axum::serve(listener, server::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -93,15 +113,60 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     if let Err(e) = flusher.shutdown().await {
         tracing::warn!(error = %e, "flushing access times at shutdown failed");
     }
+    meta.shutdown().await;
+    let _ = stop_peers.send(());
+    if let Some(server) = peer_server
+        && let Err(e) = server.await
+    {
+        tracing::warn!(error = %e, "the cluster port did not stop cleanly");
+    }
     info!("regcache stopped");
     Ok(())
 }
 
-/// The metadata store under `data_dir`.
-pub fn open_meta(data_dir: &Path) -> anyhow::Result<Meta> {
+/// The metadata directory under `data_dir`, created if missing.
+pub fn meta_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let meta_dir = data_dir.join("meta");
     std::fs::create_dir_all(&meta_dir).with_context(|| format!("creating {}", meta_dir.display()))?;
-    Meta::open(&meta_dir.join("state.redb")).context("opening metadata store")
+    Ok(meta_dir)
+}
+
+/// This replica's member of the metadata group.
+async fn start_meta(config: &Config) -> anyhow::Result<Meta> {
+    let cluster = &config.cluster;
+    let settings = GroupSettings {
+        node_id: cluster.node_id,
+        advertise: cluster.advertise.clone(),
+        peers: cluster.peers.clone(),
+        snapshot_every: cluster.snapshot_every,
+    };
+    Meta::start(&meta_dir(&config.data_dir)?, &settings)
+        .await
+        .context("starting the metadata group")
+}
+
+/// Serves the cluster port until `stop`: Raft and forwarded proposals for
+/// the other members, membership and status for `regcache cluster`.
+async fn serve_peers(
+    listener: tokio::net::TcpListener,
+    meta: &Meta,
+    stop: oneshot::Receiver<()>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let (raft, admin) = meta
+        .cluster_services()
+        .context("a serving replica runs a raft group")?;
+    Ok(tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(raft.into_server())
+            .add_service(admin.into_server())
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+                let _ = stop.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "serving the cluster port failed");
+        }
+    }))
 }
 
 /// The shared object tier, or `None` when the disk tier is the only copy.

@@ -32,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(observe::metrics))
         .route("/healthz", get(observe::healthz))
         .route("/readyz", get(observe::readyz))
+        .route("/status.json", get(observe::status))
         .layer(axum::middleware::from_fn(observe::log_and_count))
         .with_state(state)
 }

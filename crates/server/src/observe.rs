@@ -65,14 +65,46 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// The Raft group as this replica sees it, and the size of its index: what
+/// `regcache cluster status` prints, for dashboards and humans.
+pub async fn status(State(state): State<AppState>) -> Response {
+    let stats = match state.meta.stats() {
+        Ok(stats) => stats,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("metadata unreadable: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    let body = serde_json::json!({
+        "raft": state.meta.status(),
+        "index": {
+            "tags": stats.tags,
+            "manifests": stats.manifests,
+            "manifest_bytes": stats.manifest_bytes,
+            "blobs": stats.blobs,
+            "blob_bytes": stats.blob_bytes,
+        },
+    });
+    axum::Json(body).into_response()
+}
+
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the metadata store answers reads.
+/// Ready when the metadata store answers reads. A member without a Raft
+/// quorum still serves what it has cached, so it stays ready and says so.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match state.meta.stats() {
-        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(_) if state.meta.writable() => (StatusCode::OK, "ready\n").into_response(),
+        Ok(_) => (
+            StatusCode::OK,
+            "ready, read-only: no raft quorum, so tags and the index cannot change until a majority of members is up\n",
+        )
+            .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
     }
 }

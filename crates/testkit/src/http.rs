@@ -33,6 +33,31 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A free loopback port below the kernel's ephemeral range. The kernel never
+/// hands such a port to a `bind(0)` or an outgoing connection, so a server
+/// can stop and bind it again (a cluster member restarting on the address
+/// its peers know) without anything else taking it meanwhile.
+pub fn stable_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(10_000).max(1024);
+    let span = u32::from(ephemeral_low - low);
+    // Spread test processes over the range; `ISSUED` keeps one process's
+    // ports apart.
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    let mut issued = ISSUED.lock().unwrap_or_else(PoisonError::into_inner);
+    for step in 0..span {
+        let port = low + ((seed.wrapping_add(step) % span) as u16);
+        if !issued.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            issued.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{ephemeral_low}");
+}
+
 /// Polls `url` (plain `http://` only) until the server sends any HTTP
 /// response, whatever its status. Errors with the last failure on timeout.
 pub fn wait_for_http(url: &str, timeout: Duration) -> anyhow::Result<()> {

@@ -32,7 +32,7 @@ mod skopeo;
 
 pub use digest::{sha256_bytes, sha256_file};
 pub use fault::{Fault, FaultProxy, Rule, Seen};
-pub use http::{free_port, wait_for_http};
+pub use http::{free_port, stable_port, wait_for_http};
 pub use layer::LayerCompression;
 pub use layout::{BuiltImage, BuiltIndex, ImageSpec, OciLayout};
 pub use process::Process;

@@ -1,9 +1,8 @@
 //! Raft storage for the metadata group: openraft's types for our commands, a
 //! log store and a state machine over the existing [`StateMachine`](crate::StateMachine).
 //!
-//! Not wired into [`Meta::propose`](crate::Meta::propose) yet: this module
-//! only provides what `openraft::Raft::new` needs on local disk. Layout under
-//! one directory (see [`open_storage`]):
+//! [`Meta`](crate::Meta) runs a group over this storage. Layout under one
+//! directory (see [`open_storage`]):
 //!
 //! - `raft-log.redb`: vote, log entries, committed and last purged log id
 //!   ([`LogStore`]);
@@ -16,6 +15,7 @@
 //! [`GrpcNetwork`] is the client side openraft calls, [`RaftService`] the
 //! server side that hands requests to the local [`Raft`].
 
+pub mod admin;
 mod log_store;
 mod network;
 mod service;
@@ -73,6 +73,13 @@ impl fmt::Display for Node {
 pub struct Response {
     /// Why the command was refused; `None` when it was applied.
     pub refused: Option<String>,
+}
+
+/// The leader's answer to a forwarded proposal: where it committed, so the
+/// follower can wait until it applied that far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub log_index: u64,
 }
 
 /// openraft's `AppData` needs `Display` (for its log lines); the short name

@@ -1,5 +1,6 @@
 //! The server side of the Raft transport: a tonic service that decodes the
-//! JSON payloads of `proto/raft.proto` and hands them to the local [`Raft`].
+//! JSON payloads of `proto/raft.proto` and hands them to the local [`Raft`],
+//! including proposals that followers forward to the leader.
 //!
 //! Everything here comes from the network, so nothing is trusted: message
 //! sizes are bounded by tonic's decoder, a snapshot stream by
@@ -10,6 +11,7 @@
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use openraft::errors::RaftError;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,7 +22,8 @@ use tracing::{info, warn};
 use super::network::MAX_MESSAGE_BYTES;
 use super::pb::raft_server::{Raft as RaftRpc, RaftServer};
 use super::pb::{RaftReply, RaftRequest, SnapshotChunk};
-use super::{Raft, Snapshot, SnapshotFile, SnapshotMeta, TypeConfig, Vote};
+use super::{Forwarded, Raft, Snapshot, SnapshotFile, SnapshotMeta, TypeConfig, Vote};
+use crate::{Command, StateMachine};
 
 /// Largest snapshot accepted from a peer. Generous: the state is tags and a
 /// content index, a few hundred bytes per entry, so this is tens of millions
@@ -149,13 +152,31 @@ impl RaftRpc for RaftService {
         info!(?last, "snapshot received from leader");
         reply(&resp)
     }
+
+    /// A proposal forwarded by a follower. Only the leader commits it; the
+    /// follower asks again elsewhere on `failed_precondition`.
+    async fn propose(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let cmd: Command = decode(&request.into_inner().json, "command")?;
+        StateMachine::validate(&cmd).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let response = match self.raft.client_write(cmd).await {
+            Ok(response) => response,
+            Err(RaftError::APIError(e)) => return Err(Status::failed_precondition(e.to_string())),
+            Err(RaftError::Fatal(e)) => return Err(stopped(e)),
+        };
+        if let Some(reason) = response.data.refused {
+            return Err(Status::invalid_argument(reason));
+        }
+        reply(&Forwarded {
+            log_index: response.log_id.index,
+        })
+    }
 }
 
-fn decode<T: DeserializeOwned>(json: &[u8], what: &str) -> Result<T, Status> {
+pub(super) fn decode<T: DeserializeOwned>(json: &[u8], what: &str) -> Result<T, Status> {
     serde_json::from_slice(json).map_err(|e| Status::invalid_argument(format!("bad {what}: {e}")))
 }
 
-fn reply<T: Serialize>(resp: &T) -> Result<Response<RaftReply>, Status> {
+pub(super) fn reply<T: Serialize>(resp: &T) -> Result<Response<RaftReply>, Status> {
     let json = serde_json::to_vec(resp).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
     Ok(Response::new(RaftReply { json }))
 }

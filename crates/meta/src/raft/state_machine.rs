@@ -98,7 +98,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let state = Arc::clone(&self.state);
         let snapshots = Arc::clone(&self.snapshots);
         let meta = meta.clone();
-        blocking(move || install(&state, &snapshots, meta, snapshot)).await
+        blocking(move || install(&state, &snapshots, meta, snapshot)).await?;
+        metrics::counter!("regcache_raft_snapshots_installed_total").increment(1);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
@@ -120,7 +122,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let state = Arc::clone(&self.state);
         let snapshots = Arc::clone(&self.snapshots);
-        blocking(move || build(&state, &snapshots)).await
+        let started = std::time::Instant::now();
+        let snapshot = blocking(move || build(&state, &snapshots)).await?;
+        metrics::histogram!("regcache_raft_snapshot_build_seconds").record(started.elapsed().as_secs_f64());
+        Ok(snapshot)
     }
 }
 

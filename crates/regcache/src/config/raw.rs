@@ -19,6 +19,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub storage: RawStorage,
     #[serde(default)]
+    pub cluster: RawCluster,
+    #[serde(default)]
     pub upstream: Vec<RawUpstream>,
 }
 
@@ -33,6 +35,17 @@ pub(crate) struct RawStorage {
     pub region: Option<String>,
     pub force_path_style: Option<bool>,
     pub abort_uploads_after: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub node_id: Option<u64>,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    /// `"ID=HOST:PORT"` entries.
+    pub peers: Option<Vec<String>>,
+    pub snapshot_every: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

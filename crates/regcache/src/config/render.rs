@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Config, PasswordSource, StorageConfig, StorageKind, UpstreamConfigEntry};
+use super::{ClusterConfig, Config, PasswordSource, StorageConfig, StorageKind, UpstreamConfigEntry};
 
 const HEADER: &str = "\
 # effective configuration: built-in defaults, file and command line merged.
@@ -21,7 +21,21 @@ struct Rendered<'a> {
     builtin_upstreams: bool,
     cache: RenderedCache,
     storage: RenderedStorage<'a>,
+    cluster: RenderedCluster<'a>,
     upstream: Vec<RenderedUpstream<'a>>,
+}
+
+#[derive(Serialize)]
+struct RenderedCluster<'a> {
+    node_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+    /// Only with a listener: without one it is empty, and an `advertise`
+    /// without `listen` would not load back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise: Option<&'a str>,
+    peers: Vec<String>,
+    snapshot_every: u64,
 }
 
 #[derive(Serialize)]
@@ -92,6 +106,7 @@ pub fn render_redacted(cfg: &Config) -> String {
             memory_object_max: size(c.memory_object_max),
         },
         storage: storage(&cfg.storage),
+        cluster: cluster(&cfg.cluster),
         upstream: cfg.upstreams.iter().map(upstream).collect(),
     };
     let body = toml::to_string(&rendered).expect("strings, booleans and tables always serialize");
@@ -121,6 +136,16 @@ fn storage(s: &StorageConfig) -> RenderedStorage<'_> {
         }
     }
     rendered
+}
+
+fn cluster(c: &ClusterConfig) -> RenderedCluster<'_> {
+    RenderedCluster {
+        node_id: c.node_id,
+        listen: c.listen.map(|l| l.to_string()),
+        advertise: c.listen.map(|_| c.advertise.as_str()),
+        peers: c.peers.iter().map(|(id, addr)| format!("{id}={addr}")).collect(),
+        snapshot_every: c.snapshot_every,
+    }
 }
 
 fn upstream(u: &UpstreamConfigEntry) -> RenderedUpstream<'_> {

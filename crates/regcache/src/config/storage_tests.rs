@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::tests::{load_str, write};
+use super::tests::{assert_section_errors, load_str, write};
 use super::*;
 use crate::cli::StorageOverrides;
 
@@ -177,19 +177,7 @@ fn bad_storage() -> Vec<(String, String)> {
 
 #[test]
 fn bad_storage_values_name_their_field() {
-    for (body, expected) in bad_storage() {
-        let text = format!("[storage]\n{body}\n");
-        let file = write(&text);
-        let Err(err) = load(Some(file.path()), &ServeOverrides::default()) else {
-            panic!("{text:?} loaded");
-        };
-        let (err, path) = (err.to_string(), file.path().display().to_string());
-        assert!(
-            err.contains(&expected),
-            "{text:?}\n  gave: {err}\n  want: {expected}"
-        );
-        assert!(err.starts_with(&path), "{text:?}: no file path in {err}");
-    }
+    assert_section_errors("storage", bad_storage());
 }
 
 #[test]

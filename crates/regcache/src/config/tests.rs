@@ -16,6 +16,24 @@ pub(super) fn load_str(text: &str) -> Result<Config, ConfigError> {
     load(Some(file.path()), &ServeOverrides::default())
 }
 
+/// Loads `[section]` with each body and checks that it fails with an error
+/// naming the file and containing the expected text.
+pub(super) fn assert_section_errors(section: &str, cases: Vec<(String, String)>) {
+    for (body, expected) in cases {
+        let text = format!("[{section}]\n{body}\n");
+        let file = write(&text);
+        let Err(err) = load(Some(file.path()), &ServeOverrides::default()) else {
+            panic!("{text:?} loaded");
+        };
+        let (err, path) = (err.to_string(), file.path().display().to_string());
+        assert!(
+            err.contains(&expected),
+            "{text:?}\n  gave: {err}\n  want: {expected}"
+        );
+        assert!(err.starts_with(&path), "{text:?}: no file path in {err}");
+    }
+}
+
 fn upstream<'a>(cfg: &'a Config, name: &str) -> &'a UpstreamConfigEntry {
     cfg.upstreams.iter().find(|u| u.name == name).unwrap()
 }

@@ -1,6 +1,7 @@
 //! Turns the file as written into a [`Config`]: defaults, the command line,
 //! and every cross-field rule.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ pub(super) fn validate(raw: RawConfig, overrides: &ServeOverrides) -> Result<Con
     }
     let cache = cache(&raw.cache)?;
     let storage = super::storage::storage(raw.storage, &overrides.storage)?;
+    let cluster = super::cluster::cluster(raw.cluster, &overrides.cluster)?;
     let upstreams = upstreams::resolve(
         raw.builtin_upstreams.unwrap_or(true),
         raw.upstream,
@@ -47,12 +49,22 @@ pub(super) fn validate(raw: RawConfig, overrides: &ServeOverrides) -> Result<Con
             format!("{default_upstream:?} is not a configured upstream"),
         ));
     }
+    let listen = overrides.listen.unwrap_or(listen);
+    if let Some(peer_listen) = cluster.listen
+        && same_socket(listen, peer_listen)
+    {
+        return Err(FieldError::new(
+            "cluster.listen",
+            format!("{peer_listen} would take the port of listen ({listen})"),
+        ));
+    }
     Ok(Config {
-        listen: overrides.listen.unwrap_or(listen),
+        listen,
         data_dir: overrides.data_dir.clone().unwrap_or(data_dir),
         default_upstream,
         cache,
         storage,
+        cluster,
         upstreams,
     })
 }
@@ -83,6 +95,13 @@ fn cache(raw: &RawCache) -> Result<CacheConfig, FieldError> {
         )?,
         memory_object_max,
     })
+}
+
+/// Whether two listeners would bind the same port: port 0 picks a free one,
+/// and `[::]` takes IPv4 too where the system is dual-stack.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    let wildcard = |s: SocketAddr| s.ip().is_unspecified() && (s.is_ipv6() || a.is_ipv4() == b.is_ipv4());
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || wildcard(a) || wildcard(b))
 }
 
 /// A size that must be positive, or its default.

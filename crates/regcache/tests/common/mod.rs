@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,461 @@
+//! This replica's member of the Raft group: starting it, forming a fresh
+//! group, and getting a command committed from whichever member is asked.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+use crate::raft::pb::RaftRequest;
+use crate::raft::pb::raft_client::RaftClient;
+use crate::raft::{self, Forwarded, GrpcNetwork, Node, Raft, RaftService, TypeConfig};
+use crate::{Command, GroupStatus, MetaError, StateMachine, status};
+
+/// Where this replica stands in the group, from its settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSettings {
+    /// This member's Raft id (>= 1).
+    pub node_id: u64,
+    /// `host:port` other members reach this one at; empty when it has no
+    /// listener (a group of one).
+    pub advertise: String,
+    /// The initial members, this one included; empty for a group of one.
+    pub peers: BTreeMap<u64, String>,
+    /// Build a snapshot every this many log entries; the log it covers is
+    /// then purged, except the newest half, so a member that is briefly
+    /// behind still catches up from the log.
+    pub snapshot_every: u64,
+}
+
+impl GroupSettings {
+    /// A group of one with no listener: the embedded default.
+    pub fn single() -> GroupSettings {
+        GroupSettings {
+            node_id: 1,
+            advertise: String::new(),
+            peers: BTreeMap::new(),
+            snapshot_every: 10_000,
+        }
+    }
+
+    /// Whether this member forms a fresh group: the lowest listed id does,
+    /// or the only member of a group of one.
+    fn bootstraps(&self) -> bool {
+        self.peers
+            .keys()
+            .next()
+            .is_none_or(|lowest| *lowest == self.node_id)
+    }
+
+    fn initial_members(&self) -> BTreeMap<u64, Node> {
+        let mut members: BTreeMap<u64, Node> = self
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, Node { addr: addr.clone() }))
+            .collect();
+        members.insert(
+            self.node_id,
+            Node {
+                addr: self.advertise.clone(),
+            },
+        );
+        members
+    }
+}
+
+/// Leader heartbeats; a follower that hears none for an election timeout
+/// (600–1200 ms, random per member) stands for election. A leader lost to a
+/// crash is replaced in about 1.8–2.4 s: its lease (the maximum election
+/// timeout) first, then one election timeout.
+const HEARTBEAT_MS: u64 = 100;
+const ELECTION_TIMEOUT_MS: (u64, u64) = (600, 1200);
+
+/// How long a leader counts as acknowledged by a quorum: its lease.
+const LEASE: Duration = Duration::from_millis(ELECTION_TIMEOUT_MS.1);
+
+/// How long a proposal may wait for a leader and a quorum.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Without a quorum for this long, proposals fail at once instead of
+/// waiting [`PROPOSE_TIMEOUT`] each: a normal failover is much shorter.
+const FAIL_FAST_AFTER: Duration = Duration::from_secs(5);
+
+/// How long the lowest member of a fresh group waits to be contacted by an
+/// existing leader before forming the group itself: when it lost its disk
+/// and rejoins a running group, the leader brings it back instead.
+const BOOTSTRAP_GRACE: Duration = Duration::from_secs(3);
+
+/// One member of the group. Dropping it does not stop Raft: call
+/// [`Group::shutdown`].
+pub(crate) struct Group {
+    raft: Raft,
+    node_id: u64,
+    service: RaftService,
+    /// The last time this member could commit (a leader acknowledged by a
+    /// quorum, or a follower that knows its leader).
+    last_writable: Arc<Mutex<Instant>>,
+    /// The forwarding client for the current leader, by address.
+    leader_client: Mutex<Option<(String, RaftClient<Channel>)>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Group {
+    /// Starts Raft over the storage under `dir` and, on a fresh group, forms
+    /// it in the background (see [`GroupSettings`]). `state` is the state
+    /// database the reads use.
+    pub(crate) async fn start(
+        dir: &Path,
+        state: Arc<StateMachine>,
+        settings: &GroupSettings,
+    ) -> Result<Group, MetaError> {
+        debug_assert!(settings.node_id >= 1, "node ids start at 1");
+        let outside_raft = state.adopt_for_raft()?;
+        let (log, sm) = raft::open_storage(dir, Arc::clone(&state))?;
+        let config = openraft::Config {
+            cluster_name: "regcache".into(),
+            heartbeat_interval: HEARTBEAT_MS,
+            election_timeout_min: ELECTION_TIMEOUT_MS.0,
+            election_timeout_max: ELECTION_TIMEOUT_MS.1,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
+            max_in_snapshot_log_to_keep: settings.snapshot_every / 2,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| MetaError::Raft(e.to_string()))?);
+        let node_id = settings.node_id;
+        let raft = Raft::new(node_id, config, GrpcNetwork::new(node_id), log, sm)
+            .await
+            .map_err(|e| MetaError::Raft(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| MetaError::Raft(e.to_string()))?;
+        if outside_raft && !initialized && !settings.bootstraps() {
+            // The group's leader will send the state; what this member
+            // recorded on its own would only diverge from it.
+            info!("dropping metadata recorded outside raft; the leader sends the group's state");
+            state.clear()?;
+        }
+        let service = RaftService::new(raft.clone(), &dir.join("incoming")).map_err(MetaError::SnapshotIo)?;
+        let last_writable = Arc::new(Mutex::new(Instant::now()));
+        let mut tasks = vec![tokio::spawn(watch_writable(
+            raft.clone(),
+            Arc::clone(&last_writable),
+        ))];
+        if !initialized {
+            let settings = settings.clone();
+            tasks.push(tokio::spawn(bootstrap(raft.clone(), settings, outside_raft)));
+        }
+        Ok(Group {
+            raft,
+            node_id,
+            service,
+            last_writable,
+            leader_client: Mutex::new(None),
+            tasks,
+        })
+    }
+
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The gRPC service peers call.
+    pub(crate) fn service(&self) -> RaftService {
+        self.service.clone()
+    }
+
+    /// This member's view of the group.
+    pub(crate) fn status(&self) -> GroupStatus {
+        GroupStatus::from_metrics(&self.raft.metrics().borrow_watched(), LEASE)
+    }
+
+    /// Whether a proposal made now can commit, as far as this member knows.
+    pub(crate) fn writable(&self) -> bool {
+        status::writable(&self.raft.metrics().borrow_watched(), LEASE)
+    }
+
+    /// Commits `cmd` through the leader and returns once this member has
+    /// applied it, so the proposer reads its own write. A follower forwards
+    /// to the leader. Every command is idempotent, so a proposal whose fate
+    /// a leader change left unknown is simply made again.
+    pub(crate) async fn propose(&self, cmd: &Command) -> Result<(), MetaError> {
+        let started = Instant::now();
+        if !self.writable() && self.unwritable_for() > FAIL_FAST_AFTER {
+            return Err(MetaError::NoQuorum);
+        }
+        let deadline = started + PROPOSE_TIMEOUT;
+        loop {
+            let retry = match tokio::time::timeout_at(deadline, self.propose_once(cmd, deadline)).await {
+                Err(_elapsed) => return Err(MetaError::NoQuorum),
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(Attempt::Failed(e))) => return Err(e),
+                Ok(Err(Attempt::Retry)) => Duration::from_millis(20),
+            };
+            tokio::time::sleep(retry).await;
+            if Instant::now() >= deadline {
+                return Err(MetaError::NoQuorum);
+            }
+        }
+    }
+
+    async fn propose_once(&self, cmd: &Command, deadline: Instant) -> Result<(), Attempt> {
+        let forward = match self.raft.client_write(cmd.clone()).await {
+            Ok(response) => return refused(response.data.refused),
+            Err(RaftError::Fatal(e)) => return Err(Attempt::Failed(MetaError::Raft(e.to_string()))),
+            Err(RaftError::APIError(
+                ClientWriteError::ForwardToLeader(forward) | ClientWriteError::LogEntryDiscarded(forward),
+            )) => forward,
+            Err(RaftError::APIError(e)) => return Err(Attempt::Failed(MetaError::Raft(e.to_string()))),
+        };
+        let (Some(leader), Some(node)) = (forward.leader_id, forward.leader_node) else {
+            return Err(Attempt::Retry);
+        };
+        if leader == self.node_id {
+            return Err(Attempt::Retry);
+        }
+        let index = self.forward(&node.addr, cmd).await?;
+        self.raft
+            .wait(Some(deadline.saturating_duration_since(Instant::now())))
+            .applied_index_at_least(Some(index), "forwarded proposal applied here")
+            .await
+            .map_err(|_| Attempt::Retry)?;
+        Ok(())
+    }
+
+    /// Sends `cmd` to the leader at `addr`; the log index it committed at.
+    async fn forward(&self, addr: &str, cmd: &Command) -> Result<u64, Attempt> {
+        let mut client = self.leader_client(addr)?;
+        let json = serde_json::to_vec(cmd).map_err(|source| {
+            Attempt::Failed(MetaError::Encode {
+                what: "forwarded command",
+                source,
+            })
+        })?;
+        let reply = match client.propose(RaftRequest { json }).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                return Err(Attempt::Failed(MetaError::Refused(status.message().to_owned())));
+            }
+            Err(status) => {
+                tracing::debug!(leader = addr, error = %status, "forwarding a proposal failed; retrying");
+                return Err(Attempt::Retry);
+            }
+        };
+        let forwarded: Forwarded = serde_json::from_slice(&reply.json).map_err(|e| {
+            warn!(leader = addr, error = %e, "undecodable reply from the leader");
+            Attempt::Retry
+        })?;
+        Ok(forwarded.log_index)
+    }
+
+    fn leader_client(&self, addr: &str) -> Result<RaftClient<Channel>, Attempt> {
+        let mut cached = self.leader_client.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((cached_addr, client)) = cached.as_ref()
+            && cached_addr == addr
+        {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
+            warn!(leader = addr, error = %e, "leader address does not parse");
+            Attempt::Retry
+        })?;
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client = RaftClient::new(channel);
+        *cached = Some((addr.to_owned(), client.clone()));
+        Ok(client)
+    }
+
+    fn unwritable_for(&self) -> Duration {
+        self.last_writable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+    }
+
+    /// Stops Raft and the background tasks.
+    pub(crate) async fn shutdown(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            warn!(error = %e, "stopping raft failed");
+        }
+    }
+}
+
+enum Attempt {
+    Retry,
+    Failed(MetaError),
+}
+
+fn refused(reason: Option<String>) -> Result<(), Attempt> {
+    reason.map_or(Ok(()), |r| Err(Attempt::Failed(MetaError::Refused(r))))
+}
+
+/// Notes when this member was last writable, so long outages fail fast,
+/// logs when it stops and starts being so, and exports Raft's gauges.
+async fn watch_writable(raft: Raft, last_writable: Arc<Mutex<Instant>>) {
+    let mut was_writable = true;
+    let mut since = Instant::now();
+    let mut leader = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let metrics = raft.metrics().borrow_watched().clone();
+        if metrics.running_state.is_err() {
+            return;
+        }
+        let writable = status::writable(&metrics, LEASE);
+        export(&metrics, writable, &mut leader);
+        if writable {
+            *last_writable.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        }
+        if writable != was_writable && (writable || since.elapsed() > FAIL_FAST_AFTER) {
+            if writable {
+                info!(leader = ?metrics.current_leader, term = metrics.current_term, "metadata writable again");
+            } else {
+                warn!(
+                    state = ?metrics.state,
+                    leader = ?metrics.current_leader,
+                    "no raft quorum: serving cached content, metadata changes fail until it returns"
+                );
+            }
+            was_writable = writable;
+        }
+        if writable {
+            since = Instant::now();
+        }
+    }
+}
+
+/// Forms a fresh group when this member should (see [`GroupSettings`]);
+/// otherwise waits to be contacted. `outside_raft`: the state holds records
+/// made without Raft (an index rebuild, an older version), which the log
+/// does not carry, so a snapshot replaces the log that would miss them.
+async fn bootstrap(raft: Raft, settings: GroupSettings, outside_raft: bool) {
+    if !settings.bootstraps() {
+        info!(
+            node_id = settings.node_id,
+            "waiting for the group's leader to contact this member"
+        );
+        return;
+    }
+    if settings.peers.len() > 1 {
+        let contacted = raft
+            .wait(Some(BOOTSTRAP_GRACE))
+            .metrics(|m| m.current_leader.is_some() || m.current_term > 0, "contacted")
+            .await;
+        if contacted.is_ok() {
+            info!("an existing group contacted this member; not forming a new one");
+            return;
+        }
+    }
+    let members = settings.initial_members();
+    // Records made outside Raft are not in the log: the group starts as
+    // this member alone, a snapshot replaces the log, and only then do the
+    // others join, so they receive the snapshot rather than a log that
+    // lacks those records.
+    let first = if outside_raft {
+        members
+            .iter()
+            .filter(|(id, _)| **id == settings.node_id)
+            .map(|(id, n)| (*id, n.clone()))
+            .collect()
+    } else {
+        members.clone()
+    };
+    match raft.initialize(first).await {
+        Ok(()) => info!(members = ?members.keys().collect::<Vec<_>>(), "forming a new raft group"),
+        Err(e) => {
+            // A peer formed it first, or this member learned of the group
+            // meanwhile: both are fine, Raft goes on as a member.
+            info!(error = %e, "not forming a raft group");
+            return;
+        }
+    }
+    if !outside_raft {
+        return;
+    }
+    if let Err(e) = snapshot_and_purge(&raft).await {
+        warn!(error = %e, "snapshot after adopting the local metadata failed; new members may miss it");
+    }
+    let others: BTreeMap<u64, Node> = members
+        .into_iter()
+        .filter(|(id, _)| *id != settings.node_id)
+        .collect();
+    if others.is_empty() {
+        return;
+    }
+    let ids: Vec<u64> = others.keys().copied().collect();
+    match raft
+        .change_membership(ChangeMembers::AddVoters(others), false)
+        .await
+    {
+        Ok(_) => info!(members = ?ids, "the other initial members joined"),
+        Err(e) => warn!(
+            members = ?ids,
+            error = %e,
+            "adding the other initial members failed; add them with `regcache cluster add-node`"
+        ),
+    }
+}
+
+async fn snapshot_and_purge(raft: &Raft) -> Result<(), MetaError> {
+    let applied = raft
+        .wait(Some(PROPOSE_TIMEOUT))
+        .metrics(|m| m.last_applied.is_some(), "initial membership applied")
+        .await
+        .map_err(|e| MetaError::Raft(e.to_string()))?
+        .last_applied;
+    raft.trigger()
+        .snapshot()
+        .await
+        .map_err(|e| MetaError::Raft(e.to_string()))?;
+    let built = raft
+        .wait(Some(PROPOSE_TIMEOUT))
+        .metrics(
+            |m| m.snapshot.is_some() && m.snapshot >= applied,
+            "snapshot built",
+        )
+        .await
+        .map_err(|e| MetaError::Raft(e.to_string()))?;
+    if let Some(upto) = built.snapshot {
+        raft.trigger()
+            .purge_log(upto.index)
+            .await
+            .map_err(|e| MetaError::Raft(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Raft's view as Prometheus gauges; counts leader changes seen here.
+fn export(metrics: &RaftMetrics<TypeConfig>, writable: bool, leader: &mut Option<u64>) {
+    let index = |log_id: Option<&raft::LogId>| log_id.map_or(0.0, |l| l.index as f64);
+    metrics::gauge!("regcache_raft_term").set(metrics.current_term as f64);
+    metrics::gauge!("regcache_raft_last_log_index").set(metrics.last_log_index.unwrap_or(0) as f64);
+    metrics::gauge!("regcache_raft_commit_index").set(index(metrics.local_committed.as_ref()));
+    metrics::gauge!("regcache_raft_applied_index").set(index(metrics.last_applied.as_ref()));
+    metrics::gauge!("regcache_raft_snapshot_index").set(index(metrics.snapshot.as_ref()));
+    let is_leader = metrics.state == ServerState::Leader;
+    metrics::gauge!("regcache_raft_is_leader").set(if is_leader { 1.0 } else { 0.0 });
+    metrics::gauge!("regcache_raft_writable").set(if writable { 1.0 } else { 0.0 });
+    metrics::gauge!("regcache_raft_members")
+        .set(metrics.membership_config.membership().nodes().count() as f64);
+    if metrics.current_leader.is_some() && metrics.current_leader != *leader {
+        if leader.is_some() {
+            metrics::counter!("regcache_raft_leader_changes_total").increment(1);
+        }
+        *leader = metrics.current_leader;
+    }
+}

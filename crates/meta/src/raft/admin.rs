@@ -1,0 +1,238 @@
+//! Membership changes and status over the cluster port: the `Admin` gRPC
+//! service each member serves, and the client `regcache cluster …` uses.
+//!
+//! Only the leader changes the membership. A follower answers where the
+//! leader is and the client asks it there, so any member's address works.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::ChangeMembers;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::pb::admin_client::AdminClient;
+use super::pb::admin_server::{Admin, AdminServer};
+use super::pb::{RaftReply, RaftRequest};
+use super::service::{decode, reply};
+use super::{Node, Raft, TypeConfig};
+use crate::GroupStatus;
+
+/// A member to add: its id and the address its cluster port is reached at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddNode {
+    pub id: u64,
+    pub addr: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveNode {
+    pub id: u64,
+}
+
+/// What a membership change answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminAnswer {
+    /// Done; the leader's view afterwards.
+    Done(GroupStatus),
+    /// Ask the leader at this address (`None`: no leader right now).
+    NotLeader { leader: Option<String> },
+}
+
+/// Serves [`Admin`] for one member.
+#[derive(Clone)]
+pub struct AdminService {
+    raft: Raft,
+}
+
+impl AdminService {
+    pub fn new(raft: Raft) -> AdminService {
+        AdminService { raft }
+    }
+
+    pub fn into_server(self) -> AdminServer<AdminService> {
+        AdminServer::new(self)
+    }
+
+    fn status(&self) -> GroupStatus {
+        let lease = Duration::from_millis(self.raft.config().election_timeout_max);
+        GroupStatus::from_metrics(&self.raft.metrics().borrow_watched(), lease)
+    }
+
+    /// Maps a refused membership change: not the leader → where it is.
+    fn answer(
+        &self,
+        result: Result<(), RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
+    ) -> Result<Response<RaftReply>, Status> {
+        match result {
+            Ok(()) => reply(&AdminAnswer::Done(self.status())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                reply(&AdminAnswer::NotLeader {
+                    leader: forward.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(Status::unavailable(format!("raft node stopped: {e}"))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(&self, _request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        reply(&self.status())
+    }
+
+    async fn add_node(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let add: AddNode = decode(&request.into_inner().json, "add-node request")?;
+        if add.id == 0 || add.addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "a member needs an id >= 1 and an address",
+            ));
+        }
+        info!(id = add.id, addr = add.addr, "adding a member as a learner");
+        let node = Node { addr: add.addr };
+        // Blocks until the learner has caught up (by log or snapshot), so
+        // it becomes a voter without holding back the quorum.
+        let result = async {
+            self.raft.add_learner(add.id, node, true).await?;
+            let voters = BTreeSet::from([add.id]);
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(voters), false)
+                .await?;
+            info!(id = add.id, "member is a voter");
+            Ok(())
+        }
+        .await;
+        self.answer(result)
+    }
+
+    async fn remove_node(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let remove: RemoveNode = decode(&request.into_inner().json, "remove-node request")?;
+        let is_voter = self.raft.voter_ids().any(|id| id == remove.id);
+        let ids = BTreeSet::from([remove.id]);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(ids)
+        } else {
+            ChangeMembers::RemoveNodes(ids)
+        };
+        info!(id = remove.id, "removing a member");
+        let result = self.raft.change_membership(change, false).await.map(|_| ());
+        self.answer(result)
+    }
+}
+
+/// Why an admin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("invalid cluster address {addr:?}: {source}")]
+    InvalidAddr {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+    #[error("cannot reach {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+    #[error("{addr} answered: {status}")]
+    Status { addr: String, status: Status },
+    #[error("no leader right now; try again in a few seconds")]
+    NoLeader,
+    #[error("the leader moved more than once; try again")]
+    Redirects,
+    #[error("bad reply from {addr}: {source}")]
+    Decode { addr: String, source: serde_json::Error },
+}
+
+/// `regcache cluster status`: one member's view.
+pub async fn status(addr: &str) -> Result<GroupStatus, AdminError> {
+    let mut client = connect(addr).await?;
+    let reply = client
+        .status(RaftRequest { json: b"{}".to_vec() })
+        .await
+        .map_err(|status| AdminError::Status {
+            addr: addr.to_owned(),
+            status,
+        })?;
+    parse(addr, &reply.into_inner().json)
+}
+
+/// `regcache cluster add-node`: returns the leader's view once `add` is a
+/// voter.
+pub async fn add_node(addr: &str, add: &AddNode) -> Result<GroupStatus, AdminError> {
+    let json = serde_json::to_vec(add).map_err(|source| AdminError::Decode {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    change(
+        addr,
+        json,
+        |mut client, req| async move { client.add_node(req).await },
+    )
+    .await
+}
+
+/// `regcache cluster remove-node`.
+pub async fn remove_node(addr: &str, remove: RemoveNode) -> Result<GroupStatus, AdminError> {
+    let json = serde_json::to_vec(&remove).map_err(|source| AdminError::Decode {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    change(addr, json, |mut client, req| async move {
+        client.remove_node(req).await
+    })
+    .await
+}
+
+/// Sends a membership change, following the leader's address at most twice.
+async fn change<F, Fut>(addr: &str, json: Vec<u8>, call: F) -> Result<GroupStatus, AdminError>
+where
+    F: Fn(AdminClient<tonic::transport::Channel>, RaftRequest) -> Fut,
+    Fut: Future<Output = Result<Response<RaftReply>, Status>>,
+{
+    let mut target = addr.to_owned();
+    for _ in 0..3 {
+        let client = connect(&target).await?;
+        let reply = call(client, RaftRequest { json: json.clone() })
+            .await
+            .map_err(|status| AdminError::Status {
+                addr: target.clone(),
+                status,
+            })?;
+        match parse(&target, &reply.into_inner().json)? {
+            AdminAnswer::Done(status) => return Ok(status),
+            AdminAnswer::NotLeader { leader: None } => return Err(AdminError::NoLeader),
+            AdminAnswer::NotLeader { leader: Some(leader) } => target = leader,
+        }
+    }
+    Err(AdminError::Redirects)
+}
+
+async fn connect(addr: &str) -> Result<AdminClient<tonic::transport::Channel>, AdminError> {
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}")).map_err(|source| AdminError::InvalidAddr {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|source| AdminError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    Ok(AdminClient::new(channel))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(addr: &str, json: &[u8]) -> Result<T, AdminError> {
+    serde_json::from_slice(json).map_err(|source| AdminError::Decode {
+        addr: addr.to_owned(),
+        source,
+    })
+}

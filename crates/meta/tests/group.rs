@@ -1,0 +1,255 @@
+//! `Meta` as a serving replica runs it: a Raft group of one, records made
+//! offline adopted by a new group, and three members over loopback gRPC
+//! where followers forward to the leader and a member without a quorum
+//! keeps serving reads while its proposals fail fast.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{blob, digest, key, record};
+use meta::{Command, GroupSettings, Meta, MetaError};
+use openraft::async_runtime::watch::WatchReceiver;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+fn set_tag(tag: &str, n: u32) -> Command {
+    Command::SetTag {
+        key: key("docker.io", "library/alpine", tag),
+        record: record(n, u64::from(n)),
+    }
+}
+
+fn tag(meta: &Meta, tag: &str) -> Option<meta::TagRecord> {
+    meta.tag(&key("docker.io", "library/alpine", tag))
+        .expect("reading a tag")
+}
+
+async fn start(dir: &Path, settings: &GroupSettings) -> Meta {
+    Meta::start(dir, settings).await.expect("starting metadata")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_one_commits_and_keeps_its_log_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = start(dir.path(), &GroupSettings::single()).await;
+    meta.propose(set_tag("latest", 1)).await.unwrap();
+    assert_eq!(tag(&meta, "latest"), Some(record(1, 1)));
+    assert!(meta.writable());
+    meta.shutdown().await;
+    drop(meta);
+
+    let meta = reopen(dir.path(), &GroupSettings::single()).await;
+    assert_eq!(tag(&meta, "latest"), Some(record(1, 1)));
+    meta.propose(set_tag("latest", 2)).await.unwrap();
+    assert_eq!(tag(&meta, "latest"), Some(record(2, 2)));
+    let raft = meta.raft().expect("a raft group");
+    let metrics = raft.metrics().borrow_watched().clone();
+    assert_eq!(metrics.current_leader, Some(1));
+    assert_eq!(
+        metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect::<Vec<_>>(),
+        vec![1],
+        "restarting re-initialized nothing"
+    );
+    meta.shutdown().await;
+    drop(meta);
+    assert!(
+        matches!(Meta::open_offline(dir.path()), Err(MetaError::RaftOwned(_))),
+        "offline tools must not write a state raft owns"
+    );
+}
+
+/// openraft's workers release the storage a moment after `shutdown`.
+async fn reopen(dir: &Path, settings: &GroupSettings) -> Meta {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Meta::start(dir, settings).await {
+            Ok(meta) => return meta,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "storage still open");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reopening metadata: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_made_offline_are_adopted_and_snapshotted_by_a_new_group() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let offline = Meta::open_offline(dir.path()).unwrap();
+        for n in 1..=3 {
+            offline
+                .propose(Command::PutEntry {
+                    digest: digest(n),
+                    entry: blob(10, 1),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let meta = start(dir.path(), &GroupSettings::single()).await;
+    meta.propose(set_tag("latest", 1)).await.unwrap();
+    assert_eq!(meta.stats().unwrap().entries(), 3, "offline records kept");
+    // The log does not carry them, so a snapshot stands in for it: a member
+    // added later is sent the snapshot, not a log that lacks them.
+    let raft = meta.raft().expect("a raft group");
+    raft.wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.snapshot.is_some() && m.purged.is_some(),
+            "snapshot and purge",
+        )
+        .await
+        .expect("a snapshot replaces the log");
+    meta.shutdown().await;
+}
+
+/// One member with its gRPC listener; the server stops with the test.
+async fn member(dir: &Path, id: u64, peers: &BTreeMap<u64, String>, listener: TcpListener) -> Meta {
+    let settings = GroupSettings {
+        node_id: id,
+        advertise: peers[&id].clone(),
+        peers: peers.clone(),
+        snapshot_every: 1000,
+    };
+    let meta = start(dir, &settings).await;
+    let (raft, admin) = meta.cluster_services().expect("a raft group");
+    tokio::spawn(async move {
+        Server::builder()
+            .add_service(raft.into_server())
+            .add_service(admin.into_server())
+            .serve_with_incoming(TcpIncoming::from(listener))
+            .await
+            .expect("serving grpc");
+    });
+    meta
+}
+
+/// Members 1..=n over `dirs`, each listing all as peers.
+async fn group(dirs: &[tempfile::TempDir]) -> Vec<Meta> {
+    let mut listeners = Vec::new();
+    let mut peers = BTreeMap::new();
+    for id in 1..=dirs.len() as u64 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding");
+        peers.insert(id, listener.local_addr().expect("bound address").to_string());
+        listeners.push(listener);
+    }
+    let mut members = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        members.push(member(dirs[i].path(), i as u64 + 1, &peers, listener).await);
+    }
+    members
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_forward_and_a_member_without_quorum_fails_fast_but_reads() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut members = group(&dirs).await;
+
+    // Node 1 forms the group after its grace period; wait for a leader.
+    let raft = members[0].raft().expect("a raft group");
+    let leader = raft
+        .wait(Some(Duration::from_secs(20)))
+        .metrics(|m| m.current_leader.is_some(), "a leader")
+        .await
+        .expect("the group elects a leader")
+        .current_leader
+        .expect("a leader id");
+    let follower = members
+        .iter()
+        .find(|m| {
+            m.raft()
+                .is_some_and(|r| r.metrics().borrow_watched().id != leader)
+        })
+        .expect("a follower");
+
+    let started = Instant::now();
+    follower.propose(set_tag("latest", 1)).await.unwrap();
+    println!(
+        "forwarded proposal committed and applied in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        tag(follower, "latest"),
+        Some(record(1, 1)),
+        "a follower reads its own write"
+    );
+    assert!(matches!(
+        follower.propose(set_tag("bad\0tag", 1)).await,
+        Err(MetaError::InvalidTagKey(_))
+    ));
+
+    // Stop two members: the third cannot commit, but still reads.
+    let survivor = members.pop().expect("three members");
+    for meta in &members {
+        meta.shutdown().await;
+    }
+    let started = Instant::now();
+    let err = survivor.propose(set_tag("latest", 2)).await.unwrap_err();
+    assert!(matches!(err, MetaError::NoQuorum), "{err}");
+    println!(
+        "first proposal without quorum failed after {:?}",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let started = Instant::now();
+        let err = survivor.propose(set_tag("latest", 3)).await.unwrap_err();
+        assert!(matches!(err, MetaError::NoQuorum), "{err}");
+        if started.elapsed() < Duration::from_millis(100) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "proposals never failed fast");
+    }
+    assert!(!survivor.writable());
+    assert_eq!(tag(&survivor, "latest"), Some(record(1, 1)), "reads go on");
+    survivor.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_made_offline_reach_every_member_of_a_new_group() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    {
+        let offline = Meta::open_offline(dirs[0].path()).unwrap();
+        offline
+            .propose(Command::PutEntry {
+                digest: digest(1),
+                entry: blob(10, 1),
+            })
+            .await
+            .unwrap();
+    }
+    let members = group(&dirs).await;
+    members[0].propose(set_tag("latest", 1)).await.unwrap();
+    for meta in &members {
+        let raft = meta.raft().expect("a raft group");
+        raft.wait(Some(Duration::from_secs(20)))
+            .metrics(
+                |m| m.membership_config.membership().voter_ids().count() == 3,
+                "three voters",
+            )
+            .await
+            .expect("the other members join");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for meta in &members {
+        while meta.entry(&digest(1)).unwrap().is_none() || tag(meta, "latest").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "a member never received the offline record"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for meta in &members {
+        meta.shutdown().await;
+    }
+}

@@ -1,0 +1,179 @@
+//! N real `regcache` processes forming one Raft group on loopback, sharing
+//! an `fs` object tier, in front of one real upstream registry.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::{ACCEPT_ALL, Regcache, raw_request, raw_request_with};
+
+/// A running group. Members are indexed by node id; a stopped member keeps
+/// its data dir and cluster port so it can start again.
+pub struct Cluster {
+    upstream_url: String,
+    config: PathBuf,
+    ports: BTreeMap<u64, u16>,
+    dirs: BTreeMap<u64, TempDir>,
+    members: BTreeMap<u64, Option<Regcache>>,
+    extra: Vec<String>,
+    _shared: TempDir,
+}
+
+impl Cluster {
+    /// Starts members 1..=n, all listing each other as peers; `extra` goes
+    /// to every member's arguments (e.g. `--snapshot-every 10`).
+    pub fn start(upstream_url: &str, n: u64, extra: &[&str]) -> Cluster {
+        let shared = tempfile::tempdir().expect("shared dir");
+        let config = shared.path().join("regcache.toml");
+        let objects = shared.path().join("objects");
+        let text = format!("[storage]\nkind = \"fs\"\npath = {objects:?}\n");
+        std::fs::write(&config, text).expect("config");
+        let ports = (1..=n).map(|id| (id, testkit::stable_port())).collect();
+        let mut cluster = Cluster {
+            upstream_url: upstream_url.to_owned(),
+            config,
+            ports,
+            dirs: BTreeMap::new(),
+            members: BTreeMap::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _shared: shared,
+        };
+        for id in 1..=n {
+            cluster.start_member(id);
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) member `id` on its data dir. A new id gets a
+    /// port and lists every known member, so it is never the lowest id and
+    /// waits to be added instead of forming a group of its own.
+    pub fn start_member(&mut self, id: u64) {
+        let port = *self.ports.entry(id).or_insert_with(testkit::stable_port);
+        let dir = self
+            .dirs
+            .entry(id)
+            .or_insert_with(|| tempfile::tempdir().expect("data dir"))
+            .path()
+            .to_owned();
+        let mut args = vec![
+            "--config".to_owned(),
+            self.config.display().to_string(),
+            "--node-id".to_owned(),
+            id.to_string(),
+            "--cluster-listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ];
+        for (peer, port) in &self.ports {
+            args.push("--peer".to_owned());
+            args.push(format!("{peer}=127.0.0.1:{port}"));
+        }
+        args.extend(self.extra.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let member = Regcache::start_url(&self.upstream_url, &dir, &refs);
+        self.members.insert(id, Some(member));
+    }
+
+    pub fn member(&self, id: u64) -> &Regcache {
+        self.members
+            .get(&id)
+            .and_then(Option::as_ref)
+            .unwrap_or_else(|| panic!("member {id} is not running"))
+    }
+
+    /// The running members' ids.
+    pub fn running(&self) -> Vec<u64> {
+        self.members
+            .iter()
+            .filter_map(|(id, m)| m.as_ref().map(|_| *id))
+            .collect()
+    }
+
+    pub fn cluster_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.ports[&id])
+    }
+
+    /// SIGKILL: no shutdown, no flush, as when a node dies.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut member) = self.members.get_mut(&id).and_then(Option::take) {
+            member.process.kill();
+        }
+    }
+
+    /// SIGTERM and wait, as when a pod is deleted.
+    pub fn stop(&mut self, id: u64) {
+        if let Some(mut member) = self.members.get_mut(&id).and_then(Option::take) {
+            member.process.stop();
+        }
+    }
+
+    /// `/status.json`'s `raft` object as member `id` sees it.
+    pub fn status(&self, id: u64) -> serde_json::Value {
+        let (code, body) = raw_request(&self.member(id).host(), "GET", "/status.json");
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        let status: serde_json::Value = serde_json::from_slice(&body).expect("status json");
+        status["raft"].clone()
+    }
+
+    /// Waits until every running member in `among` names the same leader,
+    /// itself one of them, and that leader can commit; returns its id.
+    pub fn leader(&self, among: &[u64], timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let views: Vec<_> = among.iter().map(|id| self.status(*id)).collect();
+            let leader = views[0]["leader"].as_u64();
+            if let Some(leader) = leader
+                && among.contains(&leader)
+                && views.iter().all(|v| v["leader"].as_u64() == Some(leader))
+                && views.iter().all(|v| v["writable"] == true)
+            {
+                return leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader among {among:?}: {views:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until member `id` has applied everything member `leader` has
+    /// committed.
+    pub fn caught_up(&self, id: u64, leader: u64, timeout: Duration) {
+        let target = self.status(leader)["commit_index"].as_u64();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let view = self.status(id);
+            if view["applied_index"].as_u64() >= target {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {id} never caught up to {target:?}: {view:#}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn data_dir(&self, id: u64) -> &Path {
+        self.dirs[&id].path()
+    }
+}
+
+/// GETs a manifest by tag through `member`; returns its digest.
+pub fn manifest_digest(member: &Regcache, repo: &str, tag: &str) -> String {
+    let path = format!("/v2/{repo}/manifests/{tag}");
+    let response = raw_request_with(&member.host(), "GET", &path, &[("Accept", ACCEPT_ALL.as_bytes())]);
+    assert_eq!(
+        response.status,
+        200,
+        "{path}: {}\n{}",
+        String::from_utf8_lossy(&response.body),
+        member.process.logs()
+    );
+    response
+        .header("Docker-Content-Digest")
+        .expect("a digest header")
+        .to_owned()
+}
