@@ -99,10 +99,7 @@ impl Cache {
     async fn ranged_object(&self, key: &str, start: u64, end: u64) -> Option<Body> {
         let objects = self.objects.as_ref()?;
         let body = objects.get(key, Some((start, end))).await?;
-        let objects = Arc::clone(objects);
-        let body = body
-            .inspect_err(move |e| objects.failed("get", e))
-            .map_err(std::io::Error::other);
+        let body = objects.watched(body).map_err(std::io::Error::other);
         Some(Body::Stream(body.boxed()))
     }
 

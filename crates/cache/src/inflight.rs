@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt as _, StreamExt, TryStreamExt as _};
-use meta::{Command, Entry, EntryKind, Meta};
+use meta::{Command, Entry, Meta};
 use objstore::{MultipartWriter, ObjStoreError, ObjectKind};
 use oci::{Digest, RepoName};
 use store::{BlobWriter, Committed, DiskStore, StoreError, Verified};
@@ -201,11 +201,7 @@ impl Fetch {
             let hint = self.inflight.meta.entry(&self.digest)?.and_then(|e| e.object_key);
             if let Some((key, body)) = objects.open(ObjectKind::Blob, &self.digest, hint).await {
                 let size = body.len();
-                let failed = Arc::clone(objects);
-                let body = body
-                    .inspect_err(move |e| failed.failed("get", e))
-                    .map_err(CacheError::from)
-                    .boxed();
+                let body = objects.watched(body).map_err(CacheError::from).boxed();
                 let origin = Origin::Object(Arc::from(key.as_str()));
                 let copied = match self.copy(&mut writer, Some(size), origin, body, &mut None).await {
                     Ok(()) => writer.verify().await.map_err(CacheError::from),
@@ -315,14 +311,7 @@ impl Fetch {
         if object_key.is_none() && self.inflight.objects.is_some() {
             count_unstored(ObjectKind::Blob);
         }
-        let entry = Entry {
-            size: committed.size,
-            kind: EntryKind::Blob,
-            media_type: None,
-            refs: Vec::new(),
-            last_access: unix_now().as_secs(),
-            object_key,
-        };
+        let entry = Entry::blob(committed.size, unix_now().as_secs(), object_key);
         let meta = &self.inflight.meta;
         if let Err(e) = meta
             .propose(Command::PutEntry {

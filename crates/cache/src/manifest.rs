@@ -1,5 +1,5 @@
 use bytes::Bytes;
-use meta::{Command, Entry, EntryKind, TagKey, TagRecord};
+use meta::{Command, Entry, TagKey, TagRecord};
 use objstore::ObjectKind;
 use oci::{Digest, Reference, RepoName, Tag, media_types, parse_manifest};
 use store::MemoryObject;
@@ -182,14 +182,13 @@ impl Cache {
             media_type: Some(info.media_type.clone()),
         };
         self.memory.insert(digest.clone(), object).await;
-        let entry = Entry {
-            size: committed.size,
-            kind: EntryKind::Manifest,
-            media_type: Some(info.media_type.clone()),
-            refs: info.references,
-            last_access: unix_now().as_secs(),
+        let entry = Entry::manifest(
+            committed.size,
+            info.media_type.clone(),
+            info.references,
+            unix_now().as_secs(),
             object_key,
-        };
+        );
         // Unrecorded, the manifest is still served from the local tiers.
         if let Err(e) = self
             .meta

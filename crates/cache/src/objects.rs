@@ -4,6 +4,7 @@
 //! upstream without being stored, and one log line marks each outage and
 //! its end instead of one per request.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -106,6 +107,16 @@ impl Objects {
                 None
             }
         }
+    }
+
+    /// `body` with a failure while reading it counted like any other (and
+    /// starting the bypass when the store is unavailable).
+    pub(crate) fn watched(
+        self: &Arc<Self>,
+        body: ObjectBody,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, ObjStoreError>> + Send + 'static {
+        let objects = Arc::clone(self);
+        futures_util::TryStreamExt::inspect_err(body, move |e| objects.failed("get", e))
     }
 
     /// Opens the object holding `digest`. A `hint` from the index that

@@ -73,3 +73,35 @@ pub struct Entry {
     /// Where the object lives in the shared object store, once uploaded.
     pub object_key: Option<String>,
 }
+
+impl Entry {
+    /// A blob, stored in the object tier under `object_key` if uploaded.
+    pub fn blob(size: u64, last_access: u64, object_key: Option<String>) -> Entry {
+        Entry {
+            size,
+            kind: EntryKind::Blob,
+            media_type: None,
+            refs: Vec::new(),
+            last_access,
+            object_key,
+        }
+    }
+
+    /// A manifest with the digests it references, which GC keeps alive.
+    pub fn manifest(
+        size: u64,
+        media_type: String,
+        refs: Vec<Digest>,
+        last_access: u64,
+        object_key: Option<String>,
+    ) -> Entry {
+        Entry {
+            size,
+            kind: EntryKind::Manifest,
+            media_type: Some(media_type),
+            refs,
+            last_access,
+            object_key,
+        }
+    }
+}

@@ -12,7 +12,7 @@ use std::time::UNIX_EPOCH;
 
 use anyhow::Context as _;
 use cache::Objects;
-use meta::{Command, Entry, EntryKind, Meta};
+use meta::{Command, Entry, Meta};
 use objstore::{ObjectInfo, ObjectKind, ObjectStore};
 use oci::{Digest, parse_manifest};
 use tracing::warn;
@@ -61,14 +61,8 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
             ObjectKind::Blob => {
                 report.blobs += 1;
                 report.blob_bytes += object.size;
-                Entry {
-                    size: object.size,
-                    kind: EntryKind::Blob,
-                    media_type: None,
-                    refs: Vec::new(),
-                    last_access: unix_secs(&object),
-                    object_key: Some(object.key),
-                }
+                let last_access = unix_secs(&object);
+                Entry::blob(object.size, last_access, Some(object.key))
             }
             ObjectKind::Manifest => {
                 match manifest_entry(&objects, &digest, object, config.cache.max_manifest_bytes).await {
@@ -144,14 +138,13 @@ async fn manifest_entry(objects: &Objects, digest: &Digest, object: ObjectInfo, 
             return None;
         }
     };
-    Some(Entry {
-        size: bytes.len() as u64,
-        kind: EntryKind::Manifest,
-        media_type: Some(info.media_type),
-        refs: info.references,
+    Some(Entry::manifest(
+        bytes.len() as u64,
+        info.media_type,
+        info.references,
         last_access,
-        object_key: Some(key),
-    })
+        Some(key),
+    ))
 }
 
 /// The object's upload time stands in for its last access.
