@@ -81,6 +81,9 @@ const ELECTION_TIMEOUT_MS: (u64, u64) = (600, 1200);
 /// How long a leader counts as acknowledged by a quorum: its lease.
 const LEASE: Duration = Duration::from_millis(ELECTION_TIMEOUT_MS.1);
 
+/// How long a stopping leader waits for its successor to take over.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a proposal may wait for a leader and a quorum.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -283,11 +286,49 @@ impl Group {
             .elapsed()
     }
 
-    /// Stops Raft and the background tasks.
+    async fn hand_over(&self) {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        if metrics.state != ServerState::Leader {
+            return;
+        }
+        let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+        let successor = metrics
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(id, _)| **id != self.node_id && voters.contains(id))
+            .max_by_key(|(_, matched)| matched.as_ref().map(|l| l.index))
+            .map(|(id, _)| *id);
+        let Some(successor) = successor else {
+            return;
+        };
+        if self.raft.trigger().transfer_leader(successor).await.is_err() {
+            return;
+        }
+        let handed = self
+            .raft
+            .wait(Some(HAND_OVER_WAIT))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != self.node_id),
+                "leadership handed over",
+            )
+            .await;
+        match handed {
+            Ok(m) => info!(leader = ?m.current_leader, "handed leadership over before stopping"),
+            Err(e) => {
+                warn!(successor, error = %e, "handing leadership over failed; the others will elect one")
+            }
+        }
+    }
+
+    /// Stops Raft and the background tasks. A leader first hands over to
+    /// the most up-to-date voter, so writes pause for a round trip instead
+    /// of a lease and an election.
     pub(crate) async fn shutdown(&self) {
         for task in &self.tasks {
             task.abort();
         }
+        self.hand_over().await;
         if let Err(e) = self.raft.shutdown().await {
             warn!(error = %e, "stopping raft failed");
         }

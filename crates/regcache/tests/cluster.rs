@@ -119,6 +119,29 @@ fn a_killed_leader_is_replaced_and_catches_up_when_it_returns() {
     assert_eq!(manifest_gets(&registry), 0, "{:?}", registry.requests());
 }
 
+#[test]
+fn a_stopping_leader_hands_over_to_a_follower() {
+    let registry = Registry::start().expect("registry");
+    let mut layout = OciLayout::new().expect("layout");
+    push(&registry, &mut layout, "v1", 1);
+    let mut cluster = Cluster::start(&registry.url(), 3, &[]);
+    let old = cluster.leader(&[1, 2, 3], ELECTION_DEADLINE);
+    let stopped_at = Instant::now();
+    let logs = cluster.stop(old);
+    let new = cluster.leader(&cluster.running(), ELECTION_DEADLINE);
+    println!(
+        "leader {old} stopped (SIGTERM); member {new} leads after {:?}",
+        stopped_at.elapsed()
+    );
+    assert!(logs.contains("handed leadership over before stopping"), "{logs}");
+    let digest = manifest_digest(cluster.member(new), "library/app", "v1");
+    cluster.start_member(old);
+    cluster.caught_up(old, new, Duration::from_secs(20));
+    registry.clear_log();
+    assert_eq!(manifest_digest(cluster.member(old), "library/app", "v1"), digest);
+    assert_eq!(manifest_gets(&registry), 0, "{:?}", registry.requests());
+}
+
 /// Waits until `leader` purged its log past `index`.
 fn purged_past(cluster: &Cluster, leader: u64, index: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -12,7 +12,7 @@ use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use openraft::errors::RaftError;
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
@@ -132,6 +132,13 @@ impl RaftRpc for RaftService {
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req: VoteRequest<TypeConfig> = decode(&request.into_inner().json, "vote request")?;
         let resp = self.raft.vote(req).await.map_err(stopped)?;
+        reply(&resp)
+    }
+
+    async fn transfer_leader(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req: TransferLeaderRequest<TypeConfig> =
+            decode(&request.into_inner().json, "transfer leader request")?;
+        let resp = self.raft.handle_transfer_leader(req).await.map_err(stopped)?;
         reply(&resp)
     }
 

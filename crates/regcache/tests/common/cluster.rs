@@ -101,11 +101,15 @@ impl Cluster {
         }
     }
 
-    /// SIGTERM and wait, as when a pod is deleted.
-    pub fn stop(&mut self, id: u64) {
-        if let Some(mut member) = self.members.get_mut(&id).and_then(Option::take) {
-            member.process.stop();
-        }
+    /// SIGTERM and wait, as when a pod is deleted; returns its logs.
+    pub fn stop(&mut self, id: u64) -> String {
+        let mut member = self
+            .members
+            .get_mut(&id)
+            .and_then(Option::take)
+            .unwrap_or_else(|| panic!("member {id} is not running"));
+        member.process.stop();
+        member.process.logs()
     }
 
     /// `/status.json`'s `raft` object as member `id` sees it.
