@@ -78,9 +78,6 @@ impl GroupSettings {
 const HEARTBEAT_MS: u64 = 100;
 const ELECTION_TIMEOUT_MS: (u64, u64) = (600, 1200);
 
-/// How long a leader counts as acknowledged by a quorum: its lease.
-const LEASE: Duration = Duration::from_millis(ELECTION_TIMEOUT_MS.1);
-
 /// How long a stopping leader waits for its successor to take over.
 const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
 
@@ -177,12 +174,12 @@ impl Group {
 
     /// This member's view of the group.
     pub(crate) fn status(&self) -> GroupStatus {
-        GroupStatus::from_metrics(&self.raft.metrics().borrow_watched(), LEASE)
+        GroupStatus::of(&self.raft)
     }
 
     /// Whether a proposal made now can commit, as far as this member knows.
     pub(crate) fn writable(&self) -> bool {
-        status::writable(&self.raft.metrics().borrow_watched(), LEASE)
+        status::writable(&self.raft.metrics().borrow_watched(), status::lease(&self.raft))
     }
 
     /// Commits `cmd` through the leader and returns once this member has
@@ -357,7 +354,7 @@ async fn watch_writable(raft: Raft, last_writable: Arc<Mutex<Instant>>) {
         if metrics.running_state.is_err() {
             return;
         }
-        let writable = status::writable(&metrics, LEASE);
+        let writable = status::writable(&metrics, status::lease(&raft));
         export(&metrics, writable, &mut leader);
         if writable {
             *last_writable.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();

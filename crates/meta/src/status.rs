@@ -7,7 +7,9 @@ use openraft::Instant as _;
 use openraft::{RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 
-use crate::raft::TypeConfig;
+use openraft::async_runtime::watch::WatchReceiver;
+
+use crate::raft::{Raft, TypeConfig};
 
 /// One member's view of the group. Only a leader knows how far each
 /// member's log matches its own; elsewhere `matched` and `lag` are empty.
@@ -46,8 +48,14 @@ pub struct MemberStatus {
 }
 
 impl GroupStatus {
+    /// The group as `raft` sees it now.
+    pub(crate) fn of(raft: &Raft) -> GroupStatus {
+        let metrics = raft.metrics().borrow_watched().clone();
+        GroupStatus::from_metrics(&metrics, lease(raft))
+    }
+
     /// `lease`: how long a leader counts as acknowledged by a quorum.
-    pub(crate) fn from_metrics(metrics: &RaftMetrics<TypeConfig>, lease: Duration) -> GroupStatus {
+    fn from_metrics(metrics: &RaftMetrics<TypeConfig>, lease: Duration) -> GroupStatus {
         let membership = metrics.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
         let last_log_index = metrics.last_log_index;
@@ -89,6 +97,12 @@ impl GroupStatus {
             members,
         }
     }
+}
+
+/// How long a leader counts as acknowledged by a quorum: its lease, the
+/// longest election timeout.
+pub(crate) fn lease(raft: &Raft) -> Duration {
+    Duration::from_millis(raft.config().election_timeout_max)
 }
 
 /// A leader that a quorum acknowledged within `lease`, or a follower that

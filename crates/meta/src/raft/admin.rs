@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use openraft::ChangeMembers;
-use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Endpoint;
@@ -59,8 +58,7 @@ impl AdminService {
     }
 
     fn status(&self) -> GroupStatus {
-        let lease = Duration::from_millis(self.raft.config().election_timeout_max);
-        GroupStatus::from_metrics(&self.raft.metrics().borrow_watched(), lease)
+        GroupStatus::of(&self.raft)
     }
 
     /// Maps a refused membership change: not the leader → where it is.
