@@ -46,10 +46,10 @@ impl RecentChunks {
     /// `pos`), if that chunk is still here.
     pub(crate) fn slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
         let inner = self.lock();
-        let (offset, chunk) = inner
-            .chunks
-            .iter()
-            .find(|(o, c)| *o <= pos && pos < o + c.len() as u64)?;
+        // Contiguous and in order: the chunk holding `pos` is the last one
+        // starting at or before it.
+        let after = inner.chunks.partition_point(|(o, _)| *o <= pos);
+        let (offset, chunk) = inner.chunks.get(after.checked_sub(1)?)?;
         let end = limit.min(offset + chunk.len() as u64);
         (end > pos).then(|| chunk.slice((pos - offset) as usize..(end - offset) as usize))
     }
