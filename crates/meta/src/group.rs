@@ -152,6 +152,13 @@ impl Group {
         if !initialized {
             let settings = settings.clone();
             tasks.push(tokio::spawn(bootstrap(raft.clone(), settings, outside_raft)));
+        } else if !settings.advertise.is_empty() {
+            let advertise = settings.advertise.clone();
+            tasks.push(tokio::spawn(refresh_own_address(
+                raft.clone(),
+                node_id,
+                advertise,
+            )));
         }
         Ok(Group {
             raft,
@@ -446,6 +453,39 @@ async fn bootstrap(raft: Raft, settings: GroupSettings, outside_raft: bool) {
             error = %e,
             "adding the other initial members failed; add them with `regcache cluster add-node`"
         ),
+    }
+}
+
+/// Records this member's new address once it leads, e.g. a group of one
+/// that ran without a listener and is being prepared to grow. Only a
+/// leader changes the membership, and it only ever rewrites its own entry.
+async fn refresh_own_address(raft: Raft, node_id: u64, advertise: String) {
+    let led = raft
+        .wait(Some(Duration::from_secs(60)))
+        .metrics(|m| m.state == ServerState::Leader, "leading")
+        .await;
+    let Ok(metrics) = led else {
+        return;
+    };
+    let membership = metrics.membership_config.membership();
+    if membership
+        .get_node(&node_id)
+        .is_none_or(|node| node.addr == advertise)
+    {
+        return;
+    }
+    let nodes = BTreeMap::from([(
+        node_id,
+        Node {
+            addr: advertise.clone(),
+        },
+    )]);
+    match raft
+        .change_membership(ChangeMembers::SetNodes(nodes), false)
+        .await
+    {
+        Ok(_) => info!(addr = advertise, "recorded this member's new address"),
+        Err(e) => warn!(addr = advertise, error = %e, "recording this member's new address failed"),
     }
 }
 

@@ -66,6 +66,35 @@ async fn a_group_of_one_commits_and_keeps_its_log_across_restarts() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_one_records_its_address_when_it_gets_a_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = start(dir.path(), &GroupSettings::single()).await;
+    meta.propose(set_tag("latest", 1)).await.unwrap();
+    meta.shutdown().await;
+    drop(meta);
+
+    let settings = GroupSettings {
+        advertise: "127.0.0.1:5001".into(),
+        ..GroupSettings::single()
+    };
+    let meta = reopen(dir.path(), &settings).await;
+    let raft = meta.raft().expect("a raft group");
+    raft.wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| {
+                m.membership_config
+                    .membership()
+                    .get_node(&1)
+                    .is_some_and(|n| n.addr == "127.0.0.1:5001")
+            },
+            "address recorded",
+        )
+        .await
+        .expect("the new address is recorded");
+    meta.shutdown().await;
+}
+
 /// openraft's workers release the storage a moment after `shutdown`.
 async fn reopen(dir: &Path, settings: &GroupSettings) -> Meta {
     let deadline = Instant::now() + Duration::from_secs(10);
