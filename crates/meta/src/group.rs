@@ -352,7 +352,6 @@ fn refused(reason: Option<String>) -> Result<(), Attempt> {
 /// logs when it stops and starts being so, and exports Raft's gauges.
 async fn watch_writable(raft: Raft, last_writable: Arc<Mutex<Instant>>) {
     let mut was_writable = true;
-    let mut since = Instant::now();
     let mut leader = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -363,10 +362,15 @@ async fn watch_writable(raft: Raft, last_writable: Arc<Mutex<Instant>>) {
         }
         let writable = status::writable(&metrics, status::lease(&raft));
         export(&metrics, writable, &mut leader);
-        if writable {
-            *last_writable.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
-        }
-        if writable != was_writable && (writable || since.elapsed() > FAIL_FAST_AFTER) {
+        let unwritable_for = {
+            let mut last = last_writable.lock().unwrap_or_else(PoisonError::into_inner);
+            if writable {
+                *last = Instant::now();
+            }
+            last.elapsed()
+        };
+        // A loss is reported once it outlasts a normal failover.
+        if writable != was_writable && (writable || unwritable_for > FAIL_FAST_AFTER) {
             if writable {
                 info!(leader = ?metrics.current_leader, term = metrics.current_term, "metadata writable again");
             } else {
@@ -377,9 +381,6 @@ async fn watch_writable(raft: Raft, last_writable: Arc<Mutex<Instant>>) {
                 );
             }
             was_writable = writable;
-        }
-        if writable {
-            since = Instant::now();
         }
     }
 }

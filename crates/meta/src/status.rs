@@ -62,15 +62,11 @@ impl GroupStatus {
         let members = membership
             .nodes()
             .map(|(id, node)| {
-                let matched = metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|replication| replication.get(id))
-                    .map(|log_id| log_id.as_ref().map(|l| l.index));
-                let matched = match (matched, *id == metrics.id) {
-                    (_, true) if metrics.state == ServerState::Leader => last_log_index,
-                    (Some(matched), _) => matched,
-                    (None, _) => None,
+                let matched = if *id == metrics.id && metrics.state == ServerState::Leader {
+                    last_log_index
+                } else {
+                    let replication = metrics.replication.as_ref();
+                    replication.and_then(|r| r.get(id)?.as_ref()).map(|l| l.index)
                 };
                 let lag = (metrics.state == ServerState::Leader)
                     .then(|| last_log_index.unwrap_or(0).saturating_sub(matched.unwrap_or(0)));

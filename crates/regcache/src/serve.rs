@@ -63,7 +63,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the cluster port {addr}"))?;
-            Some(serve_peers(listener, &meta, peers_stopped).await?)
+            Some(serve_peers(listener, &meta, peers_stopped)?)
         }
         None => None,
     };
@@ -147,7 +147,7 @@ async fn start_meta(config: &Config) -> anyhow::Result<Meta> {
 
 /// Serves the cluster port until `stop`: Raft and forwarded proposals for
 /// the other members, membership and status for `regcache cluster`.
-async fn serve_peers(
+fn serve_peers(
     listener: tokio::net::TcpListener,
     meta: &Meta,
     stop: oneshot::Receiver<()>,
