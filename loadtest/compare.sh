@@ -492,14 +492,20 @@ start_s3() {
     die "weed mini not ready after 60 s"
 }
 
+# The big blob's objects in the bucket: blobs/sha256/<hex>/<upload-id>.
+s3_prefix() {
+    echo "blobs/sha256/${BIG_DIGEST#sha256:}/"
+}
+
 # upload_big_to_s3: puts the big blob where regcache would have (a multipart
 # upload by objstore, key blobs/sha256/<hex>/<upload-id>: 16 hex digits of
-# unix millis and 8 random ones); sets S3_KEY.
+# unix millis and 8 random ones), for the baseline alone (SKIP_REGCACHE=1).
 upload_big_to_s3() {
-    S3_KEY=blobs/sha256/${BIG_DIGEST#sha256:}/$(printf '%016x' "$(date +%s%3N)")$(random_hex 4)
-    log "uploading the ${BIG_MB} MiB blob to S3 as $S3_KEY"
+    local key
+    key=$(s3_prefix)$(printf '%016x' "$(date +%s%3N)")$(random_hex 4)
+    log "uploading the ${BIG_MB} MiB blob to S3 as $key"
     "${S3_ENV[@]}" "$S3_BENCH_BIN" put --endpoint "$S3_ENDPOINT" --bucket "$S3_BUCKET" \
-        --key "$S3_KEY" --file "$BIG_FILE" >"$WORK/logs/s3-put.log" 2>&1 || {
+        --key "$key" --file "$BIG_FILE" >"$WORK/logs/s3-put.log" 2>&1 || {
         tail -n 30 "$WORK/logs/s3-put.log" >&2
         die "uploading the big blob to S3 failed (log above)"
     }
@@ -546,19 +552,29 @@ show_upstream_requests() {
     fi
 }
 
-# start_regcache_s3: regcache on S3 storage with a new, empty data dir (its
-# disk tier and metadata): the blob is only in the bucket.
+# start_regcache_s3 UPSTREAM_PORT: regcache on S3 storage, on its data dir
+# (made when missing).
 start_regcache_s3() {
-    rm -rf "$WORK/regcache-s3"
     mkdir -p "$WORK/regcache-s3"
     start_bg regcache-s3 "${S3_ENV[@]}" RUST_LOG=warn "$REGCACHE_BIN" serve \
         --listen "127.0.0.1:$RC_S3_PORT" \
         --data-dir "$WORK/regcache-s3" \
-        --upstream "docker.io=http://127.0.0.1:$TRIP_PORT" \
+        --upstream "docker.io=http://127.0.0.1:$1" \
         --s3-bucket "$S3_BUCKET" --s3-endpoint "$S3_ENDPOINT" --s3-region "$S3_REGION" \
         --s3-force-path-style
     RC_S3_PID=$LAST_PID
     wait_ready regcache-s3 "$RC_S3_PID" "${BASE[regcache-s3]}/readyz"
+}
+
+# prime_s3: the S3-backed regcache pulls the big blob from the upstream
+# registry, so the bucket holds it the way a replica stores it (multipart
+# upload, verified) and the replica's index records it (key and CRC), as in
+# a cluster where another replica fetched it.
+prime_s3() {
+    log "regcache on S3 storage on 127.0.0.1:$RC_S3_PORT: storing the blob in S3 from the upstream"
+    start_regcache_s3 "$UP_PORT"
+    fetch_verify regcache-s3 "/v2/$REPO/blobs/$BIG_DIGEST" "$BIG_DIGEST"
+    stop "$RC_S3_PID" # waits until the upload is complete and recorded
 }
 
 # stop PID: TERM, 10 s to exit, then KILL; PID leaves PIDS.
@@ -580,23 +596,23 @@ stop() {
 }
 
 # measure_s3: FIG[s3:regcache] (best of CURL_RUNS downloads, each from a
-# freshly started regcache with an empty data dir) and FIG[s3:s3] (best of
-# CURL_RUNS direct GETs, one after each regcache run).
+# restarted regcache whose disk tier was emptied: the blob is only in S3)
+# and FIG[s3:s3] (best of CURL_RUNS direct GETs, one after each regcache
+# run).
 measure_s3() {
     local i out bytes mib best_rc=0 best_s3=0 peak=0 blob_gets others
-    upload_big_to_s3
-    if [[ $SKIP_REGCACHE != 1 ]]; then
+    if [[ $SKIP_REGCACHE == 1 ]]; then
+        upload_big_to_s3
+    else
+        prime_s3
         start_tripwire
         ON_DIE=show_upstream_requests
-        log "regcache on S3 storage on 127.0.0.1:$RC_S3_PORT: verifying the blob it serves from S3"
-        start_regcache_s3
-        fetch_verify regcache-s3 "/v2/$REPO/blobs/$BIG_DIGEST" "$BIG_DIGEST"
-        stop "$RC_S3_PID"
     fi
     for ((i = 1; i <= CURL_RUNS; i++)); do
         if [[ $SKIP_REGCACHE != 1 ]]; then
-            log "blob from S3, run $i/$CURL_RUNS: regcache (restarted, empty data dir)"
-            start_regcache_s3
+            log "blob from S3, run $i/$CURL_RUNS: regcache (restarted, disk tier emptied)"
+            rm -rf "$WORK/regcache-s3/blobs"
+            start_regcache_s3 "$TRIP_PORT"
             download_big regcache-s3
             best_rc=$(max "$best_rc" "$SPEED")
             peak=$(max "$peak" "$(vmhwm_mib "$RC_S3_PID")")
@@ -604,7 +620,7 @@ measure_s3() {
         fi
         log "blob from S3, run $i/$CURL_RUNS: direct aws-sdk-s3 GET"
         out=$("${S3_ENV[@]}" "$S3_BENCH_BIN" get --endpoint "$S3_ENDPOINT" --bucket "$S3_BUCKET" \
-            --key "$S3_KEY" --runs 1) || die "the direct S3 GET failed"
+            --prefix "$(s3_prefix)" --runs 1) || die "the direct S3 GET failed"
         bytes=$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$out")
         mib=$(sed -n 's/.*best_mib_s=\([0-9.]*\).*/\1/p' <<<"$out")
         [[ $bytes == "$BIG_SIZE" && -n $mib ]] || die "direct S3 GET: '$out', expected $BIG_SIZE bytes"
@@ -697,8 +713,10 @@ report() {
     echo
     echo "ratios: regcache/nginx for the blob rows, regcache/distribution for the tag row;"
     echo "        '!' marks a figure with non-2xx answers (invalid). nginx serves no tags (-)."
-    echo "        S3 row: the blob is only in S3 (SeaweedFS), regcache restarted with an empty"
-    echo "        data dir before each download; * = a direct aws-sdk-s3 GET of the same object"
+    echo "        S3 row: the blob is only in S3 (SeaweedFS): regcache stored it there from the"
+    echo "        upstream, then was restarted with its disk tier emptied (its index, like a"
+    echo "        cluster's, still records the object) before each download; * = a direct"
+    echo "        aws-sdk-s3 GET of the same object"
     echo "        (not nginx), best of $CURL_RUNS; ratio regcache/direct."
     for note in "${NOTES[@]}"; do
         echo "note: $note"

@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use objstore::ObjectKind;
 use oci::{ByteRange, Digest, RepoName};
 use store::MemoryObject;
 use tokio::io::AsyncReadExt;
@@ -7,9 +8,11 @@ use tokio::io::AsyncReadExt;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use crate::body::{counted, file_range};
+use crate::inflight::DiskFill;
+use crate::object_read::{self, Check};
 use crate::{Body, Cache, CacheError, Source, Tier};
 
-/// A range starting this far past what a download from the object tier has
+/// A range starting this far past what a copy from the object tier has
 /// written is read from the object tier directly instead of waiting.
 const RANGE_READ_AHEAD: u64 = 4 << 20;
 
@@ -57,9 +60,14 @@ impl Cache {
             if let Some(hit) = self.blob_from_disk(digest, range).await? {
                 return Ok(hit);
             }
+            if self.inflight.running(digest).is_none()
+                && let Some(hit) = self.blob_from_objects(src, repo, digest, range).await?
+            {
+                return Ok(hit);
+            }
             let Some((download, joined)) =
                 self.inflight
-                    .join_or_start(&self.disk, &src.upstream, repo, digest)?
+                    .join_or_start(&self.disk, &src.upstream, repo, digest, None)?
             else {
                 continue;
             };
@@ -77,21 +85,76 @@ impl Cache {
                     tier: Tier::Object,
                 });
             }
-            let tier = match (joined, object_key) {
-                (true, _) => Tier::Inflight,
-                (false, Some(_)) => Tier::Object,
-                (false, None) => Tier::Upstream,
-            };
             return Ok(BlobHit {
                 size,
                 span,
                 body: Body::Stream(download.follow(start, end)),
-                tier,
+                tier: if joined { Tier::Inflight } else { Tier::Upstream },
             });
         }
         Err(CacheError::UpstreamBody(
             "blob vanished from the disk tier while being served".into(),
         ))
+    }
+
+    /// Streams the blob (or its range) straight from the object tier when
+    /// it has it; the local disk copy starts when the response ends.
+    async fn blob_from_objects(
+        &self,
+        src: &Source,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<Option<BlobHit>, CacheError> {
+        let Some(objects) = &self.objects else {
+            return Ok(None);
+        };
+        let entry = self.meta.entry(digest)?;
+        let hint = entry.as_ref().and_then(|e| e.object_key.clone());
+        let fill = |key: &str| DiskFill {
+            inflight: Arc::clone(&self.inflight),
+            disk: self.disk.clone(),
+            upstream: src.upstream.clone(),
+            repo: repo.clone(),
+            digest: digest.clone(),
+            key: key.to_owned(),
+            armed: true,
+        };
+        let Some(range) = range else {
+            let Some((key, body)) = objects.open(ObjectKind::Blob, digest, hint).await else {
+                return Ok(None);
+            };
+            let size = body.len();
+            let check = Check::new(digest, entry.and_then(|e| e.crc64nvme));
+            let fill = fill(&key);
+            return Ok(Some(BlobHit {
+                size,
+                span: None,
+                body: Body::Stream(object_read::stream(objects, key, body, Some(check), fill)),
+                tier: Tier::Object,
+            }));
+        };
+        let located = match (hint, entry) {
+            (Some(key), Some(entry)) => Some((key, entry.size)),
+            _ => objects
+                .newest(ObjectKind::Blob, digest)
+                .await
+                .map(|o| (o.key, o.size)),
+        };
+        let Some((key, size)) = located else {
+            return Ok(None);
+        };
+        let (start, end) = span_of(Some(range), size)?;
+        let Some(body) = objects.get(&key, Some((start, end))).await else {
+            return Ok(None);
+        };
+        let fill = fill(&key);
+        Ok(Some(BlobHit {
+            size,
+            span: Some((start, end)),
+            body: Body::Stream(object_read::stream(objects, key, body, None, fill)),
+            tier: Tier::Object,
+        }))
     }
 
     /// `[start, end)` straight from the object tier, for a range the local

@@ -74,16 +74,24 @@ impl Inflight {
         }
     }
 
-    /// Joins the download of `digest`, or starts one. `None` when the disk
-    /// tier has it after all (a download committed since the caller looked):
-    /// the check happens under the map's lock and a download is committed
-    /// before it leaves the map, so no digest is ever fetched twice at once.
+    /// The download of `digest` under way, if any.
+    pub(crate) fn running(&self, digest: &Digest) -> Option<Arc<Download>> {
+        self.lock().get(digest).cloned()
+    }
+
+    /// Joins the download of `digest`, or starts one: a copy of the object
+    /// tier's `object` when given, else a fetch from the upstream (teed into
+    /// the object tier). `None` when the disk tier has it after all (a
+    /// download committed since the caller looked): the check happens under
+    /// the map's lock and a download is committed before it leaves the map,
+    /// so no digest is ever fetched twice at once.
     pub(crate) fn join_or_start(
         self: &Arc<Self>,
         disk: &DiskStore,
         upstream: &Upstream,
         repo: &RepoName,
         digest: &Digest,
+        object: Option<String>,
     ) -> Result<Option<(Arc<Download>, bool)>, CacheError> {
         let mut downloads = self.lock();
         if let Some(d) = downloads.get(digest) {
@@ -107,6 +115,7 @@ impl Inflight {
             upstream: upstream.clone(),
             repo: repo.clone(),
             digest: digest.clone(),
+            object,
             progress: tx,
             recent,
         };
@@ -131,6 +140,8 @@ struct Fetch {
     upstream: Upstream,
     repo: RepoName,
     digest: Digest,
+    /// The object tier's copy to read, instead of the upstream.
+    object: Option<String>,
     progress: watch::Sender<Progress>,
     recent: Arc<RecentChunks>,
 }
@@ -193,31 +204,15 @@ impl Fetch {
         self.inflight.lock().remove(&self.digest);
     }
 
-    /// Copies the blob to local disk from the object tier if another
-    /// replica stored it there, else from the upstream while teeing it into
-    /// the object tier; commits it to disk once verified.
+    /// Copies the blob to local disk from the object tier's `object` when
+    /// given, else from the upstream while teeing it into the object tier;
+    /// commits it to disk once verified.
     async fn fetch(&self, mut writer: BlobWriter, tee: &mut Tee) -> Result<Fetched, CacheError> {
-        if let Some(objects) = &self.inflight.objects {
-            let hint = self.inflight.meta.entry(&self.digest)?.and_then(|e| e.object_key);
-            if let Some((key, body)) = objects.open(ObjectKind::Blob, &self.digest, hint).await {
-                let size = body.len();
-                let body = objects.watched(body).map_err(CacheError::from).boxed();
-                let origin = Origin::Object(Arc::from(key.as_str()));
-                let copied = match self.copy(&mut writer, Some(size), origin, body, &mut None).await {
-                    Ok(()) => writer.verify().await.map_err(CacheError::from),
-                    Err(e) => Err(e),
-                };
-                if let Err(CacheError::Store(StoreError::DigestMismatch { .. })) = &copied {
-                    // Whole but wrong: no request may ever be served it again.
-                    objects.discard_corrupt(&key).await;
-                }
-                return Ok(Fetched {
-                    verified: copied?,
-                    object_key: Some(key),
-                });
-            }
-            *tee = objects.upload(ObjectKind::Blob, &self.digest);
+        let objects = self.inflight.objects.as_ref();
+        if let (Some(objects), Some(hint)) = (objects, &self.object) {
+            return self.copy_object(writer, objects, hint).await;
         }
+        *tee = objects.and_then(|o| o.upload(ObjectKind::Blob, &self.digest));
         let blob = self.upstream.get_blob(&self.repo, &self.digest).await?;
         let body = blob.body.map_err(CacheError::from).boxed();
         self.copy(&mut writer, blob.size, Origin::Upstream, body, tee)
@@ -225,6 +220,41 @@ impl Fetch {
         Ok(Fetched {
             verified: writer.verify().await?,
             object_key: None,
+        })
+    }
+
+    /// The object tier's copy, verified against the digest (and deleted if
+    /// it does not match). Never the upstream: a copy whose object vanished
+    /// simply does not happen.
+    async fn copy_object(
+        &self,
+        mut writer: BlobWriter,
+        objects: &Arc<Objects>,
+        hint: &str,
+    ) -> Result<Fetched, CacheError> {
+        let Some((key, body)) = objects
+            .open(ObjectKind::Blob, &self.digest, Some(hint.to_owned()))
+            .await
+        else {
+            return Err(CacheError::ObjectStore(ObjStoreError::Request {
+                operation: "get_object",
+                detail: "the object is gone or the store unavailable".into(),
+            }));
+        };
+        let size = body.len();
+        let body = objects.watched(body).map_err(CacheError::from).boxed();
+        let origin = Origin::Object(Arc::from(key.as_str()));
+        let copied = match self.copy(&mut writer, Some(size), origin, body, &mut None).await {
+            Ok(()) => writer.verify().await.map_err(CacheError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(CacheError::Store(StoreError::DigestMismatch { .. })) = &copied {
+            // Whole but wrong: no request may ever be served it again.
+            objects.discard_corrupt(&key).await;
+        }
+        Ok(Fetched {
+            verified: copied?,
+            object_key: Some(key),
         })
     }
 
@@ -311,7 +341,8 @@ impl Fetch {
         if object_key.is_none() && self.inflight.objects.is_some() {
             count_unstored(ObjectKind::Blob);
         }
-        let entry = Entry::blob(committed.size, unix_now().as_secs(), object_key);
+        let entry =
+            Entry::blob(committed.size, unix_now().as_secs(), object_key).with_crc64nvme(committed.crc64nvme);
         let meta = &self.inflight.meta;
         if let Err(e) = meta
             .propose(Command::PutEntry {
@@ -332,6 +363,36 @@ async fn abort_tee(tee: Tee) {
         && let Err(e) = upload.abort().await
     {
         warn!(key, error = %e, "aborting the object upload failed; the stale-upload sweep will");
+    }
+}
+
+/// Copies a blob from the object tier to local disk once dropped: held by a
+/// response streaming the blob from there, so the copy starts when that
+/// response ends (or its client leaves) instead of competing with it. Not
+/// when disarmed: the object turned out corrupt and is gone.
+pub(crate) struct DiskFill {
+    pub(crate) inflight: Arc<Inflight>,
+    pub(crate) disk: DiskStore,
+    pub(crate) upstream: Upstream,
+    pub(crate) repo: RepoName,
+    pub(crate) digest: Digest,
+    pub(crate) key: String,
+    pub(crate) armed: bool,
+}
+
+impl Drop for DiskFill {
+    fn drop(&mut self) {
+        // A response dropped outside the runtime (at exit) starts nothing.
+        if !self.armed || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let object = Some(std::mem::take(&mut self.key));
+        let started =
+            self.inflight
+                .join_or_start(&self.disk, &self.upstream, &self.repo, &self.digest, object);
+        if let Err(e) = started {
+            warn!(digest = %self.digest, error = %e, "copying a blob from the object tier to disk failed");
+        }
     }
 }
 

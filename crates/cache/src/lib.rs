@@ -1,13 +1,14 @@
 //! The pull-through engine: serve a blob or manifest from the fastest tier
-//! that has it (memory, local disk, a download already under way), else
-//! fetch it once from the upstream while streaming it to every client that
-//! asks; resolve tags with TTL-bounded revalidation and stale serving.
+//! that has it (memory, local disk, a download already under way, the
+//! shared object tier), else fetch it once from the upstream while
+//! streaming it to every client that asks; resolve tags with TTL-bounded revalidation and stale serving.
 
 mod blob;
 mod body;
 mod inflight;
 mod keyed_lock;
 mod manifest;
+mod object_read;
 mod objects;
 mod recent;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
-use objstore::{MultipartWriter, ObjStoreError, ObjectBody, ObjectKind, ObjectStore};
+use objstore::{MultipartWriter, ObjStoreError, ObjectBody, ObjectInfo, ObjectKind, ObjectStore};
 use oci::Digest;
 use tracing::{info, warn};
 
@@ -65,16 +65,22 @@ impl Objects {
     }
 
     /// The key holding `digest`: `hint` (the index's) when given, else the
-    /// newest upload found by listing (another replica may have stored it).
+    /// newest upload found by listing.
     pub(crate) async fn find(
         &self,
         kind: ObjectKind,
         digest: &Digest,
         hint: Option<String>,
     ) -> Option<String> {
-        if hint.is_some() {
-            return hint;
+        match hint {
+            Some(key) => Some(key),
+            None => self.newest(kind, digest).await.map(|o| o.key),
         }
+    }
+
+    /// The newest upload holding `digest`, found by listing (another
+    /// replica may have stored it while this one's index lacks it).
+    pub(crate) async fn newest(&self, kind: ObjectKind, digest: &Digest) -> Option<ObjectInfo> {
         if !self.available() {
             return None;
         }
@@ -82,7 +88,7 @@ impl Objects {
             Ok(objects) => {
                 self.succeeded();
                 // Upload ids sort by time: the last key is the newest.
-                objects.into_iter().map(|o| o.key).max()
+                objects.into_iter().max_by(|a, b| a.key.cmp(&b.key))
             }
             Err(e) => {
                 self.failed("list", &e);

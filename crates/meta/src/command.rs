@@ -72,6 +72,11 @@ pub struct Entry {
     pub last_access: u64,
     /// Where the object lives in the shared object store, once uploaded.
     pub object_key: Option<String>,
+    /// CRC-64/NVME of the content, computed while it was verified against
+    /// its digest: reads from the object store check this instead of
+    /// hashing again. Absent for entries an index rebuild made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc64nvme: Option<u64>,
 }
 
 impl Entry {
@@ -84,6 +89,15 @@ impl Entry {
             refs: Vec::new(),
             last_access,
             object_key,
+            crc64nvme: None,
+        }
+    }
+
+    /// The entry with the content's CRC-64/NVME recorded.
+    pub fn with_crc64nvme(self, crc: u64) -> Entry {
+        Entry {
+            crc64nvme: Some(crc),
+            ..self
         }
     }
 
@@ -102,6 +116,7 @@ impl Entry {
             refs,
             last_access,
             object_key,
+            crc64nvme: None,
         }
     }
 }

@@ -329,14 +329,7 @@ mod tests {
     use super::*;
 
     fn blob(last_access: u64) -> Entry {
-        Entry {
-            size: 3,
-            kind: crate::EntryKind::Blob,
-            media_type: None,
-            refs: vec![],
-            last_access,
-            object_key: None,
-        }
+        Entry::blob(3, last_access, None)
     }
 
     #[test]

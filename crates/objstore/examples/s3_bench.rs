@@ -6,8 +6,11 @@
 //!
 //! ```text
 //! s3_bench put --endpoint URL --bucket B --key K --file PATH
-//! s3_bench get --endpoint URL --bucket B --key K [--runs N]
+//! s3_bench get --endpoint URL --bucket B (--key K | --prefix P) [--runs N]
 //! ```
+//!
+//! With `--prefix`, `get` downloads the newest object under it (regcache's
+//! keys end with an upload id that sorts by time).
 //!
 //! Credentials and region come from the standard AWS environment variables
 //! (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION); requests are
@@ -22,13 +25,14 @@ use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation, Re
 use objstore::{ObjectStore, S3Config, S3Store, S3Timeouts};
 
 const USAGE: &str = "usage: s3_bench put --endpoint URL --bucket B --key K --file PATH\n       \
-                     s3_bench get --endpoint URL --bucket B --key K [--runs N]";
+                     s3_bench get --endpoint URL --bucket B (--key K | --prefix P) [--runs N]";
 
 #[derive(Default)]
 struct Args {
     endpoint: String,
     bucket: String,
     key: String,
+    prefix: String,
     file: Option<PathBuf>,
     runs: u32,
 }
@@ -49,14 +53,18 @@ async fn main() -> anyhow::Result<()> {
             "--endpoint" => args.endpoint = value,
             "--bucket" => args.bucket = value,
             "--key" => args.key = value,
+            "--prefix" => args.prefix = value,
             "--file" => args.file = Some(value.into()),
             "--runs" => args.runs = value.parse().context("--runs")?,
             _ => bail!("unknown argument {flag}\n{USAGE}"),
         }
     }
     ensure!(
-        !args.endpoint.is_empty() && !args.bucket.is_empty() && !args.key.is_empty() && args.runs > 0,
-        "--endpoint, --bucket and --key are required, --runs at least 1\n{USAGE}"
+        !args.endpoint.is_empty()
+            && !args.bucket.is_empty()
+            && args.key.is_empty() != args.prefix.is_empty()
+            && args.runs > 0,
+        "--endpoint, --bucket and one of --key and --prefix are required, --runs at least 1\n{USAGE}"
     );
     let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_owned());
     match command.as_str() {
@@ -70,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
 /// like one regcache uploaded.
 async fn put(args: &Args, region: String) -> anyhow::Result<()> {
     let path = args.file.as_deref().context("put needs --file")?;
+    ensure!(!args.key.is_empty(), "put needs --key\n{USAGE}");
     let size = std::fs::metadata(path)
         .with_context(|| path.display().to_string())?
         .len();
@@ -101,16 +110,20 @@ async fn get(args: &Args, region: String) -> anyhow::Result<()> {
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .build();
     let client = aws_sdk_s3::Client::from_conf(conf);
+    let key = match args.prefix.as_str() {
+        "" => args.key.clone(),
+        prefix => newest(&client, &args.bucket, prefix).await?,
+    };
     let (mut bytes, mut best) = (0u64, 0f64);
     for _ in 0..args.runs {
         let start = Instant::now();
         let mut body = client
             .get_object()
             .bucket(&args.bucket)
-            .key(&args.key)
+            .key(&key)
             .send()
             .await
-            .with_context(|| format!("GET {}/{}", args.bucket, args.key))?
+            .with_context(|| format!("GET {}/{key}", args.bucket))?
             .body;
         bytes = 0;
         while let Some(chunk) = body.try_next().await? {
@@ -121,4 +134,22 @@ async fn get(args: &Args, region: String) -> anyhow::Result<()> {
     }
     println!("bytes={bytes} best_mib_s={best:.1}");
     Ok(())
+}
+
+/// The greatest key under `prefix` (one page of listing is plenty here).
+async fn newest(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> anyhow::Result<String> {
+    let listed = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .with_context(|| format!("LIST {bucket}/{prefix}"))?;
+    listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key())
+        .max()
+        .map(str::to_owned)
+        .with_context(|| format!("no object under {bucket}/{prefix}"))
 }

@@ -67,6 +67,91 @@ fn a_tag_resolved_by_one_member_is_served_by_all_without_asking_upstream() {
     );
 }
 
+/// The files of the shared object tier holding `digest`.
+fn object_files(cluster: &Cluster, digest: &str) -> Vec<std::path::PathBuf> {
+    let hex = digest.trim_start_matches("sha256:");
+    let dir = cluster.objects_dir().join("blobs/sha256").join(hex);
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => entries.map(|e| e.expect("object entry").path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Waits until member `id` has `n` blobs in its index (recorded through
+/// Raft by whichever member fetched them).
+fn wait_for_blob_entries(cluster: &Cluster, id: u64, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(
+        &common::metrics(cluster.member(id)),
+        "regcache_index_entries",
+        r#"kind="blob""#,
+    ) < n
+    {
+        assert!(Instant::now() < deadline, "member {id} never indexed {n} blobs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_blob_another_member_fetched_streams_from_the_object_tier_checked_by_its_crc() {
+    let registry = Registry::start().expect("registry");
+    let mut layout = OciLayout::new().expect("layout");
+    let image = layout
+        .add_image("v1", &ImageSpec::new(&[3_000_000, 2_000_000]))
+        .expect("image");
+    layout.push("v1", &registry, "library/app:v1").expect("push");
+    let [(good, _), (bad, _)] = [0, 1].map(|i| image.layer_digests[i].clone());
+    let cluster = Cluster::start(&registry.url(), 2, &[]);
+    cluster.leader(&[1, 2], ELECTION_DEADLINE);
+    let path = |digest: &str| format!("/v2/library/app/blobs/{digest}");
+    for digest in [&good, &bad] {
+        let (status, body) = raw_request(&cluster.member(1).host(), "GET", &path(digest));
+        assert_eq!((status, testkit::sha256_bytes(&body)), (200, digest.clone()));
+    }
+    wait_for_blob_entries(&cluster, 2, 2.0);
+
+    // Member 2's disk is empty: the blob streams from the object tier,
+    // checked against the CRC member 1 recorded, not hashed again.
+    registry.clear_log();
+    let (status, body) = raw_request(&cluster.member(2).host(), "GET", &path(&good));
+    assert_eq!((status, testkit::sha256_bytes(&body)), (200, good.clone()));
+    assert_eq!(registry.count("GET", "/blobs/"), 0, "{:?}", registry.requests());
+    let m = common::metrics(cluster.member(2));
+    assert_eq!(
+        metric(
+            &m,
+            "regcache_objstore_checked_reads_total",
+            r#"check="crc64nvme""#
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "regcache_cache_requests_total", r#"tier="object""#),
+        1.0,
+        "{m}"
+    );
+
+    // Same length, other bytes: the CRC does not match, so the response
+    // never completes, and the object is deleted.
+    let files = object_files(&cluster, &bad);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut flipped = std::fs::read(&files[0]).expect("reading the object");
+    flipped.iter_mut().for_each(|b| *b = !*b);
+    std::fs::write(&files[0], &flipped).expect("corrupting the object");
+    let (status, body) = raw_request(&cluster.member(2).host(), "GET", &path(&bad));
+    assert!(
+        status != 200 || body.len() < flipped.len(),
+        "a corrupt object was served whole"
+    );
+    let m = common::metrics(cluster.member(2));
+    assert_eq!(metric(&m, "regcache_objstore_corrupt_total", ""), 1.0, "{m}");
+    assert!(
+        object_files(&cluster, &bad).is_empty(),
+        "the corrupt object is still there"
+    );
+}
+
 #[test]
 fn a_killed_leader_is_replaced_and_catches_up_when_it_returns() {
     let registry = Registry::start().expect("registry");

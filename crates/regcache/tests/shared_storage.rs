@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{Regcache, assert_dir_blobs_verified, metrics, skopeo_pull, start_s3_replica};
+use std::time::{Duration, Instant};
+
+use common::{Regcache, assert_dir_blobs_verified, metric, metrics, skopeo_pull, start_s3_replica};
 use testkit::{ImageSpec, OciLayout, Registry, S3Server};
 
 /// Pulls `image` through `a`, then through `b` (whose disk is empty) and
@@ -46,6 +48,41 @@ fn second_replica_pulls_from_the_object_tier(registry: &Registry, a: &Regcache, 
     );
     assert!(
         m.contains(r#"regcache_cache_requests_total{kind="manifest",tier="object"} 1"#),
+        "{m}"
+    );
+    // b's index did not know the blobs: each stream was checked against
+    // the digest itself.
+    assert_eq!(
+        metric(&m, "regcache_objstore_checked_reads_total", r#"check="digest""#),
+        4.0,
+        "{m}"
+    );
+
+    // Once each response ended, b copied the blob to its disk (and
+    // recorded it): the next pull is served locally.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&metrics(b), "regcache_index_entries", r#"kind="blob""#) < 4.0 {
+        assert!(
+            Instant::now() < deadline,
+            "b never copied the blobs to disk: {}",
+            metrics(b)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let again = tempfile::tempdir().expect("tempdir");
+    skopeo_pull(b, "app:v1", again.path());
+    assert_dir_blobs_verified(again.path(), &expected);
+    let m = metrics(b);
+    let local = metric(&m, "regcache_cache_requests_total", r#"tier="disk""#)
+        + metric(&m, "regcache_cache_requests_total", r#"tier="memory""#);
+    assert!(local >= 4.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "regcache_cache_requests_total",
+            r#"kind="blob",tier="object""#
+        ),
+        4.0,
         "{m}"
     );
 }

@@ -9,7 +9,9 @@ use crate::{DiskStore, StoreError};
 
 /// A blob being written to the disk tier: hashed as it is written, moved
 /// into place only when the digest matches, removed otherwise (also when
-/// dropped unfinished, e.g. the upstream connection died).
+/// dropped unfinished, e.g. the upstream connection died). Its CRC-64/NVME
+/// is computed on the way: a check far cheaper than the digest,
+/// for reading the same bytes back from the object tier later.
 ///
 /// The file is shared (positional writes and reads, no shared cursor) so
 /// that readers can follow a download while it is still running. One chunk
@@ -21,8 +23,8 @@ pub struct BlobWriter {
     tmp: PathBuf,
     file: Arc<std::fs::File>,
     /// `None` while a write holds it, or after a write failed.
-    hasher: Option<DigestHasher>,
-    pending: Option<tokio::task::JoinHandle<Result<(DigestHasher, u64), StoreError>>>,
+    hashers: Option<Hashers>,
+    pending: Option<tokio::task::JoinHandle<Result<(Hashers, u64), StoreError>>>,
     /// Bytes written and hashed.
     written: u64,
     /// Bytes handed to [`BlobWriter::append`].
@@ -34,6 +36,8 @@ pub struct BlobWriter {
 #[derive(Debug)]
 pub struct Committed {
     pub size: u64,
+    /// CRC-64/NVME of the content.
+    pub crc64nvme: u64,
     /// Blobs the disk tier evicted to make room.
     pub evicted: Vec<Digest>,
 }
@@ -42,6 +46,20 @@ pub struct Committed {
 /// durable nor in place: readers may trust its bytes already.
 pub struct Verified {
     writer: BlobWriter,
+    crc64nvme: u64,
+}
+
+/// The digest's hasher and the CRC, updated together.
+struct Hashers {
+    digest: DigestHasher,
+    crc: crc_fast::Digest,
+}
+
+impl Hashers {
+    fn update(&mut self, chunk: &[u8]) {
+        self.digest.update(chunk);
+        self.crc.update(chunk);
+    }
 }
 
 impl BlobWriter {
@@ -54,7 +72,10 @@ impl BlobWriter {
             .map_err(|e| StoreError::io(&tmp, e))?;
         Ok(BlobWriter {
             store,
-            hasher: Some(digest.hasher()),
+            hashers: Some(Hashers {
+                digest: digest.hasher(),
+                crc: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme),
+            }),
             pending: None,
             digest,
             tmp,
@@ -90,8 +111,8 @@ impl BlobWriter {
     /// pool, without copying them into one buffer.
     pub async fn append_all(&mut self, chunks: Vec<Bytes>) -> Result<u64, StoreError> {
         self.wait_pending().await?;
-        let mut hasher = self
-            .hasher
+        let mut hashers = self
+            .hashers
             .take()
             .ok_or_else(|| StoreError::Task("writer already failed".into()))?;
         let file = Arc::clone(&self.file);
@@ -103,10 +124,10 @@ impl BlobWriter {
             for chunk in &chunks {
                 file.write_all_at(chunk, offset)
                     .map_err(|e| StoreError::io(&tmp, e))?;
-                hasher.update(chunk);
+                hashers.update(chunk);
                 offset += chunk.len() as u64;
             }
-            Ok((hasher, len))
+            Ok((hashers, len))
         }));
         Ok(self.written)
     }
@@ -121,8 +142,8 @@ impl BlobWriter {
         let Some(pending) = self.pending.take() else {
             return Ok(());
         };
-        let (hasher, len) = pending.await.map_err(|e| StoreError::Task(e.to_string()))??;
-        self.hasher = Some(hasher);
+        let (hashers, len) = pending.await.map_err(|e| StoreError::Task(e.to_string()))??;
+        self.hashers = Some(hashers);
         self.written += len;
         debug_assert!(self.written <= self.accepted);
         Ok(())
@@ -131,18 +152,21 @@ impl BlobWriter {
     /// Checks every byte against the digest.
     pub async fn verify(mut self) -> Result<Verified, StoreError> {
         self.wait_pending().await?;
-        let hasher = self
-            .hasher
+        let hashers = self
+            .hashers
             .take()
             .ok_or_else(|| StoreError::Task("writer already failed".into()))?;
-        let actual = hasher.finish();
+        let actual = hashers.digest.finish();
         if actual != self.digest {
             return Err(StoreError::DigestMismatch {
                 expected: self.digest.clone(),
                 actual,
             });
         }
-        Ok(Verified { writer: self })
+        Ok(Verified {
+            crc64nvme: hashers.crc.finalize(),
+            writer: self,
+        })
     }
 
     /// Verifies the digest, makes the bytes durable and moves them into place.
@@ -159,6 +183,7 @@ impl Verified {
     /// Makes the bytes durable and moves them into place.
     pub async fn persist(mut self) -> Result<Committed, StoreError> {
         let w = &self.writer;
+        let crc64nvme = self.crc64nvme;
         let (store, digest, tmp, file, size) = (
             w.store.clone(),
             w.digest.clone(),
@@ -173,7 +198,11 @@ impl Verified {
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
         self.writer.finished = true;
-        Ok(Committed { size, evicted })
+        Ok(Committed {
+            size,
+            crc64nvme,
+            evicted,
+        })
     }
 }
 
@@ -200,6 +229,10 @@ mod tests {
         w.append(Bytes::from_static(b"world")).await.unwrap();
         let committed = w.commit().await.unwrap();
         assert_eq!(committed.size, 11);
+        assert_eq!(
+            committed.crc64nvme,
+            crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, b"hello world")
+        );
         assert_eq!(store.size_of(&good), Some(11));
 
         let wrong = Digest::sha256_of(b"something else");

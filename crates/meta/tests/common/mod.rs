@@ -1,6 +1,6 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
-use meta::{Entry, EntryKind, TagKey, TagRecord};
+use meta::{Entry, TagKey, TagRecord};
 use oci::Digest;
 
 pub fn digest(n: u32) -> Digest {
@@ -24,23 +24,10 @@ pub fn record(n: u32, checked_at_ms: u64) -> TagRecord {
 }
 
 pub fn blob(size: u64, last_access: u64) -> Entry {
-    Entry {
-        size,
-        kind: EntryKind::Blob,
-        media_type: None,
-        refs: vec![],
-        last_access,
-        object_key: None,
-    }
+    Entry::blob(size, last_access, None)
 }
 
 pub fn manifest(size: u64, refs: Vec<Digest>, last_access: u64) -> Entry {
-    Entry {
-        size,
-        kind: EntryKind::Manifest,
-        media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
-        refs,
-        last_access,
-        object_key: None,
-    }
+    let media_type = "application/vnd.oci.image.manifest.v1+json".into();
+    Entry::manifest(size, media_type, refs, last_access, None)
 }

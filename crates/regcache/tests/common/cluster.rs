@@ -18,6 +18,7 @@ pub struct Cluster {
     dirs: BTreeMap<u64, TempDir>,
     members: BTreeMap<u64, Option<Regcache>>,
     extra: Vec<String>,
+    /// Holds the config and the shared object tier.
     _shared: TempDir,
 }
 
@@ -44,6 +45,11 @@ impl Cluster {
             cluster.start_member(id);
         }
         cluster
+    }
+
+    /// The shared `fs` object tier's directory.
+    pub fn objects_dir(&self) -> PathBuf {
+        self._shared.path().join("objects")
     }
 
     /// Starts (or restarts) member `id` on its data dir. A new id gets a
