@@ -26,6 +26,7 @@ Environment (defaults in brackets):
   WRK_THREADS=2       wrk -t
   WRK_CONNECTIONS=64  wrk -c
   CURL_RUNS=3         single-stream downloads per server (best one counts)
+  S3_RUNS=7           downloads of each kind for the S3 row (best one counts)
   SKIP_REGCACHE=0     1: don't build or run regcache (measure the peers only)
   SKIP_S3=0           1: no S3 server, no "blob from S3" figure
   KEEP_WORKDIR=0      1: keep the temp dir (configs, logs, wrk output)
@@ -47,6 +48,7 @@ WRK_DURATION=${WRK_DURATION:-10s}
 WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-64}
 CURL_RUNS=${CURL_RUNS:-3}
+S3_RUNS=${S3_RUNS:-7}
 SKIP_REGCACHE=${SKIP_REGCACHE:-0}
 SKIP_S3=${SKIP_S3:-0}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
@@ -243,19 +245,13 @@ seed_upstream() {
     eval "$out"
 }
 
-start_nginx() {
-    local dir=$WORK/nginx digest file user_line=""
-    local blobs=$dir/root/v2/$REPO/blobs
-    mkdir -p "$blobs" "$dir/tmp"
-    # The same files the upstream got, at the paths a registry client asks for.
-    for digest in "$BIG_DIGEST" "$SMALL_DIGEST"; do
-        [[ $digest == "$BIG_DIGEST" ]] && file=$BIG_FILE || file=$SMALL_FILE
-        ln "$file" "$blobs/$digest" 2>/dev/null || cp "$file" "$blobs/$digest"
-    done
+# nginx_conf DIR SETTINGS: writes DIR/nginx.conf, an nginx with its pid,
+# logs and temp files under DIR and SETTINGS inside its http block.
+nginx_conf() {
+    local dir=$1 user_line=""
+    mkdir -p "$dir/tmp"
     # As root, workers would drop to nobody, who can't enter a 0700 temp dir.
     [[ $(id -u) -eq 0 ]] && user_line="user root;"
-    # keepalive_requests: nginx closes a connection after 1000 requests by
-    # default, the other two never do; don't make nginx pay reconnects.
     cat >"$dir/nginx.conf" <<EOF
 $user_line
 worker_processes 2;
@@ -264,22 +260,36 @@ error_log $dir/error.log warn;
 events { worker_connections 1024; }
 http {
     access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    default_type application/octet-stream;
     client_body_temp_path $dir/tmp/body;
     proxy_temp_path $dir/tmp/proxy;
     fastcgi_temp_path $dir/tmp/fastcgi;
     uwsgi_temp_path $dir/tmp/uwsgi;
     scgi_temp_path $dir/tmp/scgi;
+$2
+}
+EOF
+}
+
+start_nginx() {
+    local dir=$WORK/nginx digest file
+    local blobs=$dir/root/v2/$REPO/blobs
+    mkdir -p "$blobs"
+    # The same files the upstream got, at the paths a registry client asks for.
+    for digest in "$BIG_DIGEST" "$SMALL_DIGEST"; do
+        [[ $digest == "$BIG_DIGEST" ]] && file=$BIG_FILE || file=$SMALL_FILE
+        ln "$file" "$blobs/$digest" 2>/dev/null || cp "$file" "$blobs/$digest"
+    done
+    # keepalive_requests: nginx closes a connection after 1000 requests by
+    # default, the other two never do; don't make nginx pay reconnects.
+    nginx_conf "$dir" "    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    default_type application/octet-stream;
     server {
         listen 127.0.0.1:$NGINX_PORT;
         root $dir/root;
-    }
-}
-EOF
+    }"
     start_bg nginx nginx -c "$dir/nginx.conf" -p "$dir/" -g 'daemon off;'
     wait_ready nginx "$LAST_PID" "${BASE[nginx]}/v2/$REPO/blobs/$SMALL_DIGEST"
 }
@@ -459,7 +469,8 @@ start_s3() {
     local filer_grpc=${WEED_PORTS[7]} admin=${WEED_PORTS[8]}
     access=LT$(random_hex 9 | tr a-f A-F)
     secret=$(random_hex 20)
-    printf '{"identities": [{"name": "loadtest", "credentials": [{"accessKey": "%s", "secretKey": "%s"}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}\n' \
+    # Anonymous reads are for the nginx relay (loopback only).
+    printf '{"identities": [{"name": "loadtest", "credentials": [{"accessKey": "%s", "secretKey": "%s"}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}, {"name": "anonymous", "actions": ["Read"]}]}\n' \
         "$access" "$secret" >"$dir/identities.json"
     S3_ENDPOINT=http://127.0.0.1:$s3
     S3_ENV=("${CLEAN_ENV[@]}" AWS_ACCESS_KEY_ID="$access" AWS_SECRET_ACCESS_KEY="$secret"
@@ -566,6 +577,36 @@ start_regcache_s3() {
     wait_ready regcache-s3 "$RC_S3_PID" "${BASE[regcache-s3]}/readyz"
 }
 
+# start_relay: nginx relaying the bucket (proxy_pass, unbuffered, anonymous
+# reads): what any relay between S3 and a client costs on this machine,
+# with no checks and no disk, for the note under the S3 row.
+start_relay() {
+    local dir=$WORK/relay
+    nginx_conf "$dir" "    server {
+        listen 127.0.0.1:$RELAY_PORT;
+        location / {
+            proxy_pass $S3_ENDPOINT/$S3_BUCKET/;
+            proxy_http_version 1.1;
+            proxy_buffering off;
+            proxy_buffer_size 256k;
+            proxy_buffers 4 256k;
+        }
+    }"
+    start_bg relay nginx -c "$dir/nginx.conf" -p "$dir/" -g 'daemon off;'
+    wait_ready relay "$LAST_PID" "http://127.0.0.1:$RELAY_PORT/$S3_KEY"
+}
+
+# relay_big: one download of the big blob's object through the relay; sets
+# SPEED (bytes/s).
+relay_big() {
+    local out code size
+    out=$(curl -sS --max-time 600 -o /dev/null -w '%{http_code} %{size_download} %{speed_download}' \
+        "http://127.0.0.1:$RELAY_PORT/$S3_KEY") || die "big-blob download through the relay failed"
+    read -r code size SPEED <<<"$out"
+    [[ $code == 200 && $size == "$BIG_SIZE" ]] ||
+        die "big-blob download through the relay: HTTP $code, $size of $BIG_SIZE bytes"
+}
+
 # prime_s3: the S3-backed regcache pulls the big blob from the upstream
 # registry, so the bucket holds it the way a replica stores it (multipart
 # upload, verified) and the replica's index records it (key and CRC), as in
@@ -595,12 +636,12 @@ stop() {
     PIDS=("${keep[@]}")
 }
 
-# measure_s3: FIG[s3:regcache] (best of CURL_RUNS downloads, each from a
-# restarted regcache whose disk tier was emptied: the blob is only in S3)
-# and FIG[s3:s3] (best of CURL_RUNS direct GETs, one after each regcache
-# run).
+# measure_s3: FIG[s3:regcache] (best of S3_RUNS downloads, each from a
+# restarted regcache whose disk tier was emptied: the blob is only in S3),
+# FIG[s3:s3] (best of S3_RUNS direct GETs) and the relay's figure (best of
+# S3_RUNS downloads through nginx), interleaved.
 measure_s3() {
-    local i out bytes mib best_rc=0 best_s3=0 peak=0 blob_gets others
+    local i out bytes mib best_rc=0 best_s3=0 best_relay=0 peak=0 blob_gets others relay
     if [[ $SKIP_REGCACHE == 1 ]]; then
         upload_big_to_s3
     else
@@ -608,9 +649,12 @@ measure_s3() {
         start_tripwire
         ON_DIE=show_upstream_requests
     fi
-    for ((i = 1; i <= CURL_RUNS; i++)); do
+    S3_KEY=$("${S3_ENV[@]}" "$S3_BENCH_BIN" find --endpoint "$S3_ENDPOINT" --bucket "$S3_BUCKET" \
+        --prefix "$(s3_prefix)") || die "finding the big blob's object in S3 failed"
+    start_relay
+    for ((i = 1; i <= S3_RUNS; i++)); do
         if [[ $SKIP_REGCACHE != 1 ]]; then
-            log "blob from S3, run $i/$CURL_RUNS: regcache (restarted, disk tier emptied)"
+            log "blob from S3, run $i/$S3_RUNS: regcache (restarted, disk tier emptied)"
             rm -rf "$WORK/regcache-s3/blobs"
             start_regcache_s3 "$TRIP_PORT"
             download_big regcache-s3
@@ -618,14 +662,18 @@ measure_s3() {
             peak=$(max "$peak" "$(vmhwm_mib "$RC_S3_PID")")
             stop "$RC_S3_PID"
         fi
-        log "blob from S3, run $i/$CURL_RUNS: direct aws-sdk-s3 GET"
+        log "blob from S3, run $i/$S3_RUNS: direct aws-sdk-s3 GET, nginx relay"
         out=$("${S3_ENV[@]}" "$S3_BENCH_BIN" get --endpoint "$S3_ENDPOINT" --bucket "$S3_BUCKET" \
-            --prefix "$(s3_prefix)" --runs 1) || die "the direct S3 GET failed"
+            --key "$S3_KEY" --runs 1) || die "the direct S3 GET failed"
         bytes=$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$out")
         mib=$(sed -n 's/.*best_mib_s=\([0-9.]*\).*/\1/p' <<<"$out")
         [[ $bytes == "$BIG_SIZE" && -n $mib ]] || die "direct S3 GET: '$out', expected $BIG_SIZE bytes"
         best_s3=$(max "$best_s3" "$mib")
+        relay_big
+        best_relay=$(max "$best_relay" "$SPEED")
     done
+    relay=$(awk -v b="$best_relay" 'BEGIN { printf "%.0f", b / 1048576 }')
+    NOTES+=("s3/relay: nginx relaying the same object (proxy_pass, unbuffered; no check, no disk): $relay MiB/s, $(awk -v r="$relay" -v d="$best_s3" 'BEGIN { printf "%.2f", r / d }') of the direct GET")
     kill -0 "$S3_PID" 2>/dev/null || die "the S3 server died during the run; logs in $WORK/logs"
     FIG[s3:s3]=$(awk -v b="$best_s3" 'BEGIN { printf "%.0f", b }')
     [[ $SKIP_REGCACHE != 1 ]] || return 0
@@ -717,7 +765,7 @@ report() {
     echo "        upstream, then was restarted with its disk tier emptied (its index, like a"
     echo "        cluster's, still records the object) before each download; * = a direct"
     echo "        aws-sdk-s3 GET of the same object"
-    echo "        (not nginx), best of $CURL_RUNS; ratio regcache/direct."
+    echo "        (not nginx), best of $S3_RUNS; ratio regcache/direct."
     for note in "${NOTES[@]}"; do
         echo "note: $note"
     done
@@ -738,9 +786,9 @@ main() {
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/regcache-loadtest.XXXXXX")
     mkdir -p "$WORK/logs"
     local ports
-    mapfile -t ports < <(free_ports 6)
+    mapfile -t ports < <(free_ports 7)
     UP_PORT=${ports[0]} RC_PORT=${ports[1]} PROXY_PORT=${ports[2]} NGINX_PORT=${ports[3]}
-    RC_S3_PORT=${ports[4]} TRIP_PORT=${ports[5]}
+    RC_S3_PORT=${ports[4]} TRIP_PORT=${ports[5]} RELAY_PORT=${ports[6]}
     BASE=([regcache]=http://127.0.0.1:$RC_PORT [nginx]=http://127.0.0.1:$NGINX_PORT
         [distribution]=http://127.0.0.1:$PROXY_PORT [regcache-s3]=http://127.0.0.1:$RC_S3_PORT)
     SERVERS=(nginx distribution)

@@ -6,11 +6,12 @@
 //!
 //! ```text
 //! s3_bench put --endpoint URL --bucket B --key K --file PATH
-//! s3_bench get --endpoint URL --bucket B (--key K | --prefix P) [--runs N]
+//! s3_bench get --endpoint URL --bucket B --key K [--runs N]
+//! s3_bench find --endpoint URL --bucket B --prefix P
 //! ```
 //!
-//! With `--prefix`, `get` downloads the newest object under it (regcache's
-//! keys end with an upload id that sorts by time).
+//! `find` prints the newest key under the prefix (regcache's keys end with
+//! an upload id that sorts by time).
 //!
 //! Credentials and region come from the standard AWS environment variables
 //! (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION); requests are
@@ -25,7 +26,8 @@ use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation, Re
 use objstore::{ObjectStore, S3Config, S3Store, S3Timeouts};
 
 const USAGE: &str = "usage: s3_bench put --endpoint URL --bucket B --key K --file PATH\n       \
-                     s3_bench get --endpoint URL --bucket B (--key K | --prefix P) [--runs N]";
+                     s3_bench get --endpoint URL --bucket B --key K [--runs N]\n       \
+                     s3_bench find --endpoint URL --bucket B --prefix P";
 
 #[derive(Default)]
 struct Args {
@@ -60,16 +62,27 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     ensure!(
-        !args.endpoint.is_empty()
-            && !args.bucket.is_empty()
-            && args.key.is_empty() != args.prefix.is_empty()
-            && args.runs > 0,
-        "--endpoint, --bucket and one of --key and --prefix are required, --runs at least 1\n{USAGE}"
+        !args.endpoint.is_empty() && !args.bucket.is_empty() && args.runs > 0,
+        "--endpoint and --bucket are required, --runs at least 1\n{USAGE}"
+    );
+    let needed = if command == "find" {
+        &args.prefix
+    } else {
+        &args.key
+    };
+    ensure!(
+        !needed.is_empty(),
+        "{command} needs --key (find: --prefix)\n{USAGE}"
     );
     let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_owned());
     match command.as_str() {
         "put" => put(&args, region).await,
         "get" => get(&args, region).await,
+        "find" => {
+            let client = sdk_client(&args.endpoint, region).await;
+            println!("{}", newest(&client, &args.bucket, &args.prefix).await?);
+            Ok(())
+        }
         _ => bail!("unknown command {command}\n{USAGE}"),
     }
 }
@@ -78,7 +91,6 @@ async fn main() -> anyhow::Result<()> {
 /// like one regcache uploaded.
 async fn put(args: &Args, region: String) -> anyhow::Result<()> {
     let path = args.file.as_deref().context("put needs --file")?;
-    ensure!(!args.key.is_empty(), "put needs --key\n{USAGE}");
     let size = std::fs::metadata(path)
         .with_context(|| path.display().to_string())?
         .len();
@@ -98,29 +110,15 @@ async fn put(args: &Args, region: String) -> anyhow::Result<()> {
 /// Downloads the object `--runs` times with the SDK alone and prints the
 /// best throughput.
 async fn get(args: &Args, region: String) -> anyhow::Result<()> {
-    let shared = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(region))
-        .load()
-        .await;
-    // Checksums as regcache's own client has them: only where S3 requires.
-    let conf = aws_sdk_s3::config::Builder::from(&shared)
-        .endpoint_url(&args.endpoint)
-        .force_path_style(true)
-        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-        .build();
-    let client = aws_sdk_s3::Client::from_conf(conf);
-    let key = match args.prefix.as_str() {
-        "" => args.key.clone(),
-        prefix => newest(&client, &args.bucket, prefix).await?,
-    };
+    let client = sdk_client(&args.endpoint, region).await;
+    let key = args.key.as_str();
     let (mut bytes, mut best) = (0u64, 0f64);
     for _ in 0..args.runs {
         let start = Instant::now();
         let mut body = client
             .get_object()
             .bucket(&args.bucket)
-            .key(&key)
+            .key(key)
             .send()
             .await
             .with_context(|| format!("GET {}/{key}", args.bucket))?
@@ -134,6 +132,22 @@ async fn get(args: &Args, region: String) -> anyhow::Result<()> {
     }
     println!("bytes={bytes} best_mib_s={best:.1}");
     Ok(())
+}
+
+/// An SDK client with checksums as regcache's own has them: only where S3
+/// requires them.
+async fn sdk_client(endpoint: &str, region: String) -> aws_sdk_s3::Client {
+    let shared = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region))
+        .load()
+        .await;
+    let conf = aws_sdk_s3::config::Builder::from(&shared)
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
 }
 
 /// The greatest key under `prefix` (one page of listing is plenty here).
