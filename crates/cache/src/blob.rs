@@ -8,7 +8,7 @@ use tokio::io::AsyncReadExt;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use crate::body::{counted, file_range};
-use crate::inflight::DiskFill;
+use crate::disk_fill::DiskFill;
 use crate::object_read::{self, Check};
 use crate::{Body, Cache, CacheError, Source, Tier};
 
@@ -60,14 +60,19 @@ impl Cache {
             if let Some(hit) = self.blob_from_disk(digest, range).await? {
                 return Ok(hit);
             }
-            if self.inflight.running(digest).is_none()
+            // A response streaming it from the object tier already: copy
+            // it to disk now and follow that copy.
+            let streaming = self.object_streams.key(digest);
+            if streaming.is_none()
+                && self.inflight.running(digest).is_none()
                 && let Some(hit) = self.blob_from_objects(src, repo, digest, range).await?
             {
                 return Ok(hit);
             }
+            let from_object = streaming.is_some();
             let Some((download, joined)) =
                 self.inflight
-                    .join_or_start(&self.disk, &src.upstream, repo, digest, None)?
+                    .join_or_start(&self.disk, &src.upstream, repo, digest, streaming)?
             else {
                 continue;
             };
@@ -89,7 +94,11 @@ impl Cache {
                 size,
                 span,
                 body: Body::Stream(download.follow(start, end)),
-                tier: if joined { Tier::Inflight } else { Tier::Upstream },
+                tier: match (joined, from_object) {
+                    (true, _) => Tier::Inflight,
+                    (false, true) => Tier::Object,
+                    (false, false) => Tier::Upstream,
+                },
             });
         }
         Err(CacheError::UpstreamBody(
@@ -111,15 +120,7 @@ impl Cache {
         };
         let entry = self.meta.entry(digest)?;
         let hint = entry.as_ref().and_then(|e| e.object_key.clone());
-        let fill = |key: &str| DiskFill {
-            inflight: Arc::clone(&self.inflight),
-            disk: self.disk.clone(),
-            upstream: src.upstream.clone(),
-            repo: repo.clone(),
-            digest: digest.clone(),
-            key: key.to_owned(),
-            armed: true,
-        };
+        let fill = |key: &str| DiskFill::new(self, &src.upstream, repo, digest, key);
         let Some(range) = range else {
             let Some((key, body)) = objects.open(ObjectKind::Blob, digest, hint).await else {
                 return Ok(None);

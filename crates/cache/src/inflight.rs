@@ -366,36 +366,6 @@ async fn abort_tee(tee: Tee) {
     }
 }
 
-/// Copies a blob from the object tier to local disk once dropped: held by a
-/// response streaming the blob from there, so the copy starts when that
-/// response ends (or its client leaves) instead of competing with it. Not
-/// when disarmed: the object turned out corrupt and is gone.
-pub(crate) struct DiskFill {
-    pub(crate) inflight: Arc<Inflight>,
-    pub(crate) disk: DiskStore,
-    pub(crate) upstream: Upstream,
-    pub(crate) repo: RepoName,
-    pub(crate) digest: Digest,
-    pub(crate) key: String,
-    pub(crate) armed: bool,
-}
-
-impl Drop for DiskFill {
-    fn drop(&mut self) {
-        // A response dropped outside the runtime (at exit) starts nothing.
-        if !self.armed || tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        let object = Some(std::mem::take(&mut self.key));
-        let started =
-            self.inflight
-                .join_or_start(&self.disk, &self.upstream, &self.repo, &self.digest, object);
-        if let Err(e) = started {
-            warn!(digest = %self.digest, error = %e, "copying a blob from the object tier to disk failed");
-        }
-    }
-}
-
 impl Download {
     /// Waits until the blob's total size is known. Also returns the object
     /// key when the bytes come from the object tier: a range far ahead of

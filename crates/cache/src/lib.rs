@@ -5,6 +5,7 @@
 
 mod blob;
 mod body;
+mod disk_fill;
 mod inflight;
 mod keyed_lock;
 mod manifest;
@@ -110,6 +111,7 @@ pub struct Cache {
     objects: Option<Arc<Objects>>,
     meta: Arc<Meta>,
     inflight: Arc<inflight::Inflight>,
+    object_streams: Arc<disk_fill::ObjectStreams>,
     manifest_locks: keyed_lock::KeyedLocks<Digest>,
     tag_locks: keyed_lock::KeyedLocks<TagKey>,
     settings: CacheSettings,
@@ -125,6 +127,7 @@ impl Cache {
     ) -> Self {
         Cache {
             inflight: Arc::new(inflight::Inflight::new(Arc::clone(&meta), objects.clone())),
+            object_streams: Arc::default(),
             memory,
             disk,
             objects,

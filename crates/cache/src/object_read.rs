@@ -15,7 +15,7 @@ use objstore::{ObjStoreError, ObjectBody};
 use oci::{Digest, DigestHasher};
 
 use crate::BodyStream;
-use crate::inflight::DiskFill;
+use crate::disk_fill::DiskFill;
 use crate::objects::Objects;
 
 /// How a whole object is checked as it streams.
@@ -134,7 +134,7 @@ impl Reading {
     /// A failed read copies nothing to disk: the object is gone, corrupt
     /// or unreachable.
     fn failed(&mut self, why: &str) -> std::io::Error {
-        self.fill.armed = false;
+        self.fill.disarm();
         std::io::Error::other(format!("reading {} from the object store: {why}", self.key))
     }
 }

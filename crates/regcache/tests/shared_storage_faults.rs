@@ -2,7 +2,9 @@
 //! registry and a real S3 server (SeaweedFS): a corrupt upstream body leaves
 //! neither an object nor an open multipart upload behind; S3 killed mid-pull
 //! or down from the start costs clients nothing and stores nothing partial;
-//! a range far into a blob another replica stored is read from S3 directly.
+//! a range far into a blob another replica stored is read from S3 directly;
+//! a request arriving while a response streams a blob from S3 follows one
+//! copy to disk instead of reading S3 again.
 
 mod common;
 
@@ -314,6 +316,55 @@ fn range_from_the_object_tier() {
     };
     check_range(&b, "bytes=20000000-20000999", 20_000_000, 20_001_000);
     check_range(&c, "bytes=-100", size - 100, size);
+}
+
+#[test]
+fn a_second_request_while_one_streams_from_s3_follows_a_disk_copy() {
+    let mut upstream = Upstream::start();
+    let image = upstream.push("v1", &[40 * MIB]);
+    let (digest, _) = image.layer_digests[0].clone();
+    let s3 = S3Server::start().expect("starting the s3 server");
+    let bucket = Bucket::connect(&s3);
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let url = upstream.registry.url();
+    let [a, b] = [0, 1].map(|i| start_s3_replica(&url, &s3, dirs[i].path()));
+    assert_verified(&a, &get_blob(&a, &digest, &[]), &digest);
+    wait_for_blob(&bucket, &a, &digest);
+    upstream.registry.clear_log();
+
+    // A client that reads the headers and then nothing: b's response to it
+    // streams from S3 and stalls, far from its end.
+    let mut slow = std::net::TcpStream::connect(b.host()).expect("connecting");
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        blob_path(&digest),
+        b.host()
+    );
+    std::io::Write::write_all(&mut slow, request.as_bytes()).expect("sending");
+    let mut head = [0u8; 1024];
+    let n = std::io::Read::read(&mut slow, &mut head).expect("reading the response head");
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+
+    // Meanwhile another client gets the whole blob, from a copy to b's disk
+    // started for it, not from a second stream of its own.
+    assert_verified(&b, &get_blob(&b, &digest, &[]), &digest);
+    let m = metrics(&b);
+    assert_eq!(
+        metric(&m, "regcache_objstore_checked_reads_total", ""),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "regcache_cache_requests_total", r#"tier="object""#),
+        2.0,
+        "{m}"
+    );
+    assert!(upstream.gets().is_empty(), "{:?}", upstream.gets());
+    drop(slow);
 }
 
 #[test]
