@@ -77,6 +77,7 @@ pub(crate) fn stream(
         remaining: body.len(),
         body: objects.watched(body).boxed(),
         check,
+        unchecked: None,
         objects: Arc::clone(objects),
         key,
         fill,
@@ -96,6 +97,8 @@ struct Reading {
     remaining: u64,
     /// `None` for a range, or once done.
     check: Option<Check>,
+    /// The chunk sent last, not checked yet.
+    unchecked: Option<Bytes>,
     objects: Arc<Objects>,
     key: String,
     fill: DiskFill,
@@ -103,6 +106,11 @@ struct Reading {
 
 impl Reading {
     async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        // The chunk sent last is checked now, while the client receives it,
+        // rather than between receiving and sending it.
+        if let (Some(check), Some(sent)) = (&mut self.check, self.unchecked.take()) {
+            check.update(&sent);
+        }
         let chunk = if self.remaining > 0 {
             match self.body.next().await {
                 Some(Ok(chunk)) if chunk.len() as u64 <= self.remaining => chunk,
@@ -117,11 +125,16 @@ impl Reading {
             return None;
         };
         self.remaining -= chunk.len() as u64;
-        if let Some(check) = &mut self.check {
-            check.update(&chunk);
+        let Some(check) = &mut self.check else {
+            return Some(Ok(chunk));
+        };
+        if self.remaining > 0 {
+            self.unchecked = Some(chunk.clone());
+            return Some(Ok(chunk));
         }
-        if self.remaining == 0
-            && let Some(check) = self.check.take()
+        // The final chunk goes out only once everything matched.
+        check.update(&chunk);
+        if let Some(check) = self.check.take()
             && !check.passed()
         {
             // Whole but wrong: no request may ever be served it again.

@@ -132,12 +132,13 @@ fn a_blob_another_member_fetched_streams_from_the_object_tier_checked_by_its_crc
         "{m}"
     );
 
-    // Same length, other bytes: the CRC does not match, so the response
-    // never completes, and the object is deleted.
+    // Same length, its first byte flipped (long sent by the time the last
+    // chunk is checked): the CRC does not match, so the response never
+    // completes, and the object is deleted.
     let files = object_files(&cluster, &bad);
     assert_eq!(files.len(), 1, "{files:?}");
     let mut flipped = std::fs::read(&files[0]).expect("reading the object");
-    flipped.iter_mut().for_each(|b| *b = !*b);
+    flipped[0] = !flipped[0];
     std::fs::write(&files[0], &flipped).expect("corrupting the object");
     let (status, body) = raw_request(&cluster.member(2).host(), "GET", &path(&bad));
     assert!(
