@@ -349,12 +349,12 @@ warm_up() {
 declare -A BASE=() FIG=() BAD=()
 NOTES=()
 
-# download_big NAME: one single-stream download of the big blob from server
-# NAME; sets SPEED (bytes/s).
+# download_big NAME [PATH]: one single-stream download of the big blob
+# (by default at its registry path) from server NAME; sets SPEED (bytes/s).
 download_big() {
-    local name=$1 out code size
+    local name=$1 path=${2:-/v2/$REPO/blobs/$BIG_DIGEST} out code size
     out=$(curl -sS --max-time 600 -o /dev/null -w '%{http_code} %{size_download} %{speed_download}' \
-        "${BASE[$name]}/v2/$REPO/blobs/$BIG_DIGEST") || die "big-blob download from $name failed"
+        "${BASE[$name]}$path") || die "big-blob download from $name failed"
     read -r code size SPEED <<<"$out"
     [[ $code == 200 && $size == "$BIG_SIZE" ]] ||
         die "big-blob download from $name: HTTP $code, $size of $BIG_SIZE bytes"
@@ -593,18 +593,7 @@ start_relay() {
         }
     }"
     start_bg relay nginx -c "$dir/nginx.conf" -p "$dir/" -g 'daemon off;'
-    wait_ready relay "$LAST_PID" "http://127.0.0.1:$RELAY_PORT/$S3_KEY"
-}
-
-# relay_big: one download of the big blob's object through the relay; sets
-# SPEED (bytes/s).
-relay_big() {
-    local out code size
-    out=$(curl -sS --max-time 600 -o /dev/null -w '%{http_code} %{size_download} %{speed_download}' \
-        "http://127.0.0.1:$RELAY_PORT/$S3_KEY") || die "big-blob download through the relay failed"
-    read -r code size SPEED <<<"$out"
-    [[ $code == 200 && $size == "$BIG_SIZE" ]] ||
-        die "big-blob download through the relay: HTTP $code, $size of $BIG_SIZE bytes"
+    wait_ready relay "$LAST_PID" "${BASE[relay]}/$S3_KEY"
 }
 
 # prime_s3: the S3-backed regcache pulls the big blob from the upstream
@@ -669,7 +658,7 @@ measure_s3() {
         mib=$(sed -n 's/.*best_mib_s=\([0-9.]*\).*/\1/p' <<<"$out")
         [[ $bytes == "$BIG_SIZE" && -n $mib ]] || die "direct S3 GET: '$out', expected $BIG_SIZE bytes"
         best_s3=$(max "$best_s3" "$mib")
-        relay_big
+        download_big relay "/$S3_KEY"
         best_relay=$(max "$best_relay" "$SPEED")
     done
     relay=$(awk -v b="$best_relay" 'BEGIN { printf "%.0f", b / 1048576 }')
@@ -790,7 +779,8 @@ main() {
     UP_PORT=${ports[0]} RC_PORT=${ports[1]} PROXY_PORT=${ports[2]} NGINX_PORT=${ports[3]}
     RC_S3_PORT=${ports[4]} TRIP_PORT=${ports[5]} RELAY_PORT=${ports[6]}
     BASE=([regcache]=http://127.0.0.1:$RC_PORT [nginx]=http://127.0.0.1:$NGINX_PORT
-        [distribution]=http://127.0.0.1:$PROXY_PORT [regcache-s3]=http://127.0.0.1:$RC_S3_PORT)
+        [distribution]=http://127.0.0.1:$PROXY_PORT [regcache-s3]=http://127.0.0.1:$RC_S3_PORT
+        [relay]=http://127.0.0.1:$RELAY_PORT)
     SERVERS=(nginx distribution)
     [[ $SKIP_REGCACHE == 1 ]] || SERVERS=(regcache "${SERVERS[@]}")
 

@@ -111,6 +111,44 @@ fn wait_for_blob(bucket: &Bucket, cache: &Regcache, digest: &str) -> Vec<String>
     keys
 }
 
+/// A blob of about `size` bytes that the first of `N` replicas sharing one
+/// bucket fetched and stored: the others find it only in S3.
+struct StoredBlob<const N: usize> {
+    upstream: Upstream,
+    bucket: Bucket,
+    replicas: [Regcache; N],
+    digest: String,
+    size: u64,
+    /// Its keys in the bucket.
+    keys: Vec<String>,
+    _s3: S3Server,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+fn stored_by_first<const N: usize>(size: u64) -> StoredBlob<N> {
+    let mut upstream = Upstream::start();
+    let image = upstream.push("v1", &[size]);
+    let (digest, size) = image.layer_digests[0].clone();
+    let s3 = S3Server::start().expect("starting the s3 server");
+    let bucket = Bucket::connect(&s3);
+    let dirs: Vec<_> = (0..N).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let url = upstream.registry.url();
+    let replicas: [Regcache; N] = std::array::from_fn(|i| start_s3_replica(&url, &s3, dirs[i].path()));
+    assert_verified(&replicas[0], &get_blob(&replicas[0], &digest, &[]), &digest);
+    let keys = wait_for_blob(&bucket, &replicas[0], &digest);
+    upstream.registry.clear_log();
+    StoredBlob {
+        upstream,
+        bucket,
+        replicas,
+        digest,
+        size,
+        keys,
+        _s3: s3,
+        _dirs: dirs,
+    }
+}
+
 /// Every blob of `image` and its manifest made it into the bucket (blob
 /// uploads complete after the client got the bytes: waits for them).
 fn assert_image_stored(bucket: &Bucket, cache: &Regcache, image: &BuiltImage) {
@@ -281,23 +319,20 @@ fn s3_killed_mid_pull_corrupts_nothing() {
 
 #[test]
 fn range_from_the_object_tier() {
-    let mut upstream = Upstream::start();
-    let image = upstream.push("v1", &[30 * MIB]);
-    let (digest, size) = image.layer_digests[0].clone();
-    let bytes = upstream.blob(&digest);
+    let stored = stored_by_first::<3>(30 * MIB);
+    let StoredBlob {
+        upstream,
+        replicas: [_, b, c],
+        digest,
+        size,
+        ..
+    } = &stored;
+    let size = *size;
+    let bytes = upstream.blob(digest);
     assert_eq!(bytes.len() as u64, size);
-    let s3 = S3Server::start().expect("starting the s3 server");
-    let bucket = Bucket::connect(&s3);
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
-    let url = upstream.registry.url();
-    let [a, b, c] = [0, 1, 2].map(|i| start_s3_replica(&url, &s3, dirs[i].path()));
-
-    assert_verified(&a, &get_blob(&a, &digest, &[]), &digest);
-    wait_for_blob(&bucket, &a, &digest);
-    upstream.registry.clear_log();
 
     let check_range = |cache: &Regcache, range: &str, start: u64, end: u64| {
-        let response = get_blob(cache, &digest, &[("Range", range.as_bytes())]);
+        let response = get_blob(cache, digest, &[("Range", range.as_bytes())]);
         assert_eq!(response.status, 206, "{range}: {}", response.head);
         let content_range = format!("bytes {start}-{}/{size}", end - 1);
         assert_eq!(response.header("content-range"), Some(content_range.as_str()));
@@ -314,32 +349,24 @@ fn range_from_the_object_tier() {
             "{m}"
         );
     };
-    check_range(&b, "bytes=20000000-20000999", 20_000_000, 20_001_000);
-    check_range(&c, "bytes=-100", size - 100, size);
+    check_range(b, "bytes=20000000-20000999", 20_000_000, 20_001_000);
+    check_range(c, "bytes=-100", size - 100, size);
 }
 
 #[test]
 fn a_second_request_while_one_streams_from_s3_follows_a_disk_copy() {
-    let mut upstream = Upstream::start();
-    let image = upstream.push("v1", &[40 * MIB]);
-    let (digest, _) = image.layer_digests[0].clone();
-    let s3 = S3Server::start().expect("starting the s3 server");
-    let bucket = Bucket::connect(&s3);
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().expect("tempdir")).collect();
-    let url = upstream.registry.url();
-    let [a, b] = [0, 1].map(|i| start_s3_replica(&url, &s3, dirs[i].path()));
-    assert_verified(&a, &get_blob(&a, &digest, &[]), &digest);
-    wait_for_blob(&bucket, &a, &digest);
-    upstream.registry.clear_log();
+    let stored = stored_by_first::<2>(40 * MIB);
+    let StoredBlob {
+        upstream,
+        replicas: [_, b],
+        digest,
+        ..
+    } = &stored;
 
     // A client that reads the headers and then nothing: b's response to it
     // streams from S3 and stalls, far from its end.
     let mut slow = std::net::TcpStream::connect(b.host()).expect("connecting");
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\n\r\n",
-        blob_path(&digest),
-        b.host()
-    );
+    let request = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", blob_path(digest), b.host());
     std::io::Write::write_all(&mut slow, request.as_bytes()).expect("sending");
     let mut head = [0u8; 1024];
     let n = std::io::Read::read(&mut slow, &mut head).expect("reading the response head");
@@ -351,8 +378,8 @@ fn a_second_request_while_one_streams_from_s3_follows_a_disk_copy() {
 
     // Meanwhile another client gets the whole blob, from a copy to b's disk
     // started for it, not from a second stream of its own.
-    assert_verified(&b, &get_blob(&b, &digest, &[]), &digest);
-    let m = metrics(&b);
+    assert_verified(b, &get_blob(b, digest, &[]), digest);
+    let m = metrics(b);
     assert_eq!(
         metric(&m, "regcache_objstore_checked_reads_total", ""),
         1.0,
@@ -369,38 +396,38 @@ fn a_second_request_while_one_streams_from_s3_follows_a_disk_copy() {
 
 #[test]
 fn a_corrupt_object_is_deleted_and_never_served_whole() {
-    let mut upstream = Upstream::start();
-    let image = upstream.push("v1", &[3 * MIB]);
-    let (digest, _) = image.layer_digests[0].clone();
-    let s3 = S3Server::start().expect("starting the s3 server");
-    let bucket = Bucket::connect(&s3);
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().expect("tempdir")).collect();
-    let url = upstream.registry.url();
-    let [a, b] = [0, 1].map(|i| start_s3_replica(&url, &s3, dirs[i].path()));
-    assert_verified(&a, &get_blob(&a, &digest, &[]), &digest);
-    let keys = wait_for_blob(&bucket, &a, &digest);
-    let mut flipped = upstream.blob(&digest);
+    let stored = stored_by_first::<2>(3 * MIB);
+    let StoredBlob {
+        upstream,
+        bucket,
+        replicas: [_, b],
+        digest,
+        keys,
+        ..
+    } = &stored;
+    let mut flipped = upstream.blob(digest);
     flipped.iter_mut().for_each(|b| *b = !*b);
     bucket.overwrite(&keys[0], &flipped);
 
-    // Same length, wrong content: the last byte is held back, so the
-    // response can never complete as if it were the blob.
-    let corrupt = get_blob(&b, &digest, &[]);
+    // Same length, wrong content: the final chunk is only sent once the
+    // whole object passed its check, so the response can never complete
+    // as if it were the blob.
+    let corrupt = get_blob(b, digest, &[]);
     assert!(
         corrupt.status != 200 || corrupt.body.len() < flipped.len(),
         "a corrupt object was served whole"
     );
-    assert_eq!(metric(&metrics(&b), "regcache_objstore_corrupt_total", ""), 1.0);
+    assert_eq!(metric(&metrics(b), "regcache_objstore_corrupt_total", ""), 1.0);
     assert!(
-        bucket.blob_keys(&digest).is_empty(),
+        bucket.blob_keys(digest).is_empty(),
         "the corrupt object is still there"
     );
 
     upstream.registry.clear_log();
-    assert_verified(&b, &get_blob(&b, &digest, &[]), &digest);
+    assert_verified(b, &get_blob(b, digest, &[]), digest);
     assert_eq!(upstream.registry.count("GET", "/blobs/sha256:"), 1);
-    let keys = wait_for_blob(&bucket, &b, &digest);
-    assert_eq!(bucket.sha256(&keys[0]), digest);
+    let keys = wait_for_blob(bucket, b, digest);
+    assert_eq!(bucket.sha256(&keys[0]), *digest);
 }
 
 #[test]
