@@ -64,7 +64,7 @@ impl Cache {
             // it to disk now and follow that copy.
             let streaming = self.object_streams.key(digest);
             if streaming.is_none()
-                && self.inflight.running(digest).is_none()
+                && !self.inflight.is_running(digest)
                 && let Some(hit) = self.blob_from_objects(src, repo, digest, range).await?
             {
                 return Ok(hit);
@@ -135,9 +135,9 @@ impl Cache {
                 tier: Tier::Object,
             }));
         };
-        let located = match (hint, entry) {
-            (Some(key), Some(entry)) => Some((key, entry.size)),
-            _ => objects
+        let located = match hint.zip(entry.map(|e| e.size)) {
+            Some(indexed) => Some(indexed),
+            None => objects
                 .newest(ObjectKind::Blob, digest)
                 .await
                 .map(|o| (o.key, o.size)),

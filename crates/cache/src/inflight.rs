@@ -74,9 +74,9 @@ impl Inflight {
         }
     }
 
-    /// The download of `digest` under way, if any.
-    pub(crate) fn running(&self, digest: &Digest) -> Option<Arc<Download>> {
-        self.lock().get(digest).cloned()
+    /// Whether a download of `digest` is under way.
+    pub(crate) fn is_running(&self, digest: &Digest) -> bool {
+        self.lock().contains_key(digest)
     }
 
     /// Joins the download of `digest`, or starts one: a copy of the object

@@ -1,7 +1,8 @@
 //! The pull-through engine: serve a blob or manifest from the fastest tier
 //! that has it (memory, local disk, a download already under way, the
 //! shared object tier), else fetch it once from the upstream while
-//! streaming it to every client that asks; resolve tags with TTL-bounded revalidation and stale serving.
+//! streaming it to every client that asks; resolve tags with TTL-bounded
+//! revalidation and stale serving.
 
 mod blob;
 mod body;
