@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
+use crate::observer::{self, LastWritable};
 use crate::raft::pb::RaftRequest;
 use crate::raft::pb::raft_client::RaftClient;
-use crate::raft::{self, Forwarded, GrpcNetwork, Node, Raft, RaftService, TypeConfig};
+use crate::raft::{self, Forwarded, GrpcNetwork, Node, Raft, RaftService};
 use crate::{Command, GroupStatus, MetaError, StateMachine, status};
 
 /// Where this replica stands in the group, from its settings.
@@ -78,6 +79,13 @@ impl GroupSettings {
 const HEARTBEAT_MS: u64 = 100;
 const ELECTION_TIMEOUT_MS: (u64, u64) = (600, 1200);
 
+/// Once its lease (the maximum election timeout) has run out without a
+/// quorum, a leader stops heartbeating for this long, then probes for as
+/// long, and so on: longer than an election timeout, so its followers time
+/// out and stop counting on it. openraft requires at least the lease plus
+/// the maximum election timeout.
+const QUORUM_LOSS_PROBE_MS: u64 = 2 * ELECTION_TIMEOUT_MS.1;
+
 /// How long a stopping leader waits for its successor to take over.
 const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
 
@@ -99,9 +107,8 @@ pub(crate) struct Group {
     raft: Raft,
     node_id: u64,
     service: RaftService,
-    /// The last time this member could commit (a leader acknowledged by a
-    /// quorum, or a follower that knows its leader).
-    last_writable: Arc<Mutex<Instant>>,
+    /// The last time this member could commit.
+    last_writable: LastWritable,
     /// The forwarding client for the current leader, by address.
     leader_client: Mutex<Option<(String, RaftClient<Channel>)>>,
     tasks: Vec<JoinHandle<()>>,
@@ -126,6 +133,9 @@ impl Group {
             election_timeout_max: ELECTION_TIMEOUT_MS.1,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
             max_in_snapshot_log_to_keep: settings.snapshot_every / 2,
+            // A leader that lost its quorum goes quiet for a while, so its
+            // followers stop following it and say they are read-only.
+            quorum_loss_probe_interval: Some(QUORUM_LOSS_PROBE_MS),
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| MetaError::Raft(e.to_string()))?);
@@ -144,10 +154,11 @@ impl Group {
             state.clear()?;
         }
         let service = RaftService::new(raft.clone(), &dir.join("incoming")).map_err(MetaError::SnapshotIo)?;
-        let last_writable = Arc::new(Mutex::new(Instant::now()));
-        let mut tasks = vec![tokio::spawn(watch_writable(
+        let last_writable = LastWritable::now();
+        let mut tasks = vec![tokio::spawn(observer::observe(
             raft.clone(),
-            Arc::clone(&last_writable),
+            last_writable.clone(),
+            FAIL_FAST_AFTER,
         ))];
         if !initialized {
             let settings = settings.clone();
@@ -284,10 +295,7 @@ impl Group {
     }
 
     fn unwritable_for(&self) -> Duration {
-        self.last_writable
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .elapsed()
+        self.last_writable.elapsed()
     }
 
     async fn hand_over(&self) {
@@ -346,43 +354,6 @@ enum Attempt {
 
 fn refused(reason: Option<String>) -> Result<(), Attempt> {
     reason.map_or(Ok(()), |r| Err(Attempt::Failed(MetaError::Refused(r))))
-}
-
-/// Notes when this member was last writable, so long outages fail fast,
-/// logs when it stops and starts being so, and exports Raft's gauges.
-async fn watch_writable(raft: Raft, last_writable: Arc<Mutex<Instant>>) {
-    let mut was_writable = true;
-    let mut leader = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tick.tick().await;
-        let metrics = raft.metrics().borrow_watched().clone();
-        if metrics.running_state.is_err() {
-            return;
-        }
-        let writable = status::writable(&metrics, status::lease(&raft));
-        export(&metrics, writable, &mut leader);
-        let unwritable_for = {
-            let mut last = last_writable.lock().unwrap_or_else(PoisonError::into_inner);
-            if writable {
-                *last = Instant::now();
-            }
-            last.elapsed()
-        };
-        // A loss is reported once it outlasts a normal failover.
-        if writable != was_writable && (writable || unwritable_for > FAIL_FAST_AFTER) {
-            if writable {
-                info!(leader = ?metrics.current_leader, term = metrics.current_term, "metadata writable again");
-            } else {
-                warn!(
-                    state = ?metrics.state,
-                    leader = ?metrics.current_leader,
-                    "no raft quorum: serving cached content, metadata changes fail until it returns"
-                );
-            }
-            was_writable = writable;
-        }
-    }
 }
 
 /// Forms a fresh group when this member should (see [`GroupSettings`]);
@@ -516,25 +487,4 @@ async fn snapshot_and_purge(raft: &Raft) -> Result<(), MetaError> {
             .map_err(|e| MetaError::Raft(e.to_string()))?;
     }
     Ok(())
-}
-
-/// Raft's view as Prometheus gauges; counts leader changes seen here.
-fn export(metrics: &RaftMetrics<TypeConfig>, writable: bool, leader: &mut Option<u64>) {
-    let index = |log_id: Option<&raft::LogId>| log_id.map_or(0.0, |l| l.index as f64);
-    metrics::gauge!("regcache_raft_term").set(metrics.current_term as f64);
-    metrics::gauge!("regcache_raft_last_log_index").set(metrics.last_log_index.unwrap_or(0) as f64);
-    metrics::gauge!("regcache_raft_commit_index").set(index(metrics.local_committed.as_ref()));
-    metrics::gauge!("regcache_raft_applied_index").set(index(metrics.last_applied.as_ref()));
-    metrics::gauge!("regcache_raft_snapshot_index").set(index(metrics.snapshot.as_ref()));
-    let is_leader = metrics.state == ServerState::Leader;
-    metrics::gauge!("regcache_raft_is_leader").set(if is_leader { 1.0 } else { 0.0 });
-    metrics::gauge!("regcache_raft_writable").set(if writable { 1.0 } else { 0.0 });
-    metrics::gauge!("regcache_raft_members")
-        .set(metrics.membership_config.membership().nodes().count() as f64);
-    if metrics.current_leader.is_some() && metrics.current_leader != *leader {
-        if leader.is_some() {
-            metrics::counter!("regcache_raft_leader_changes_total").increment(1);
-        }
-        *leader = metrics.current_leader;
-    }
 }

@@ -10,6 +10,7 @@ mod access;
 mod command;
 mod error;
 mod group;
+mod observer;
 pub mod raft;
 mod snapshot;
 mod state;

@@ -101,15 +101,106 @@ pub(crate) fn lease(raft: &Raft) -> Duration {
     Duration::from_millis(raft.config().election_timeout_max)
 }
 
-/// A leader that a quorum acknowledged within `lease`, or a follower that
-/// knows a leader: a proposal made now can commit.
+/// Whether a proposal made now can commit, by the rule openraft applies
+/// before it accepts one: a leader that is the only voter commits alone and
+/// needs no acknowledgement (openraft never refreshes `last_quorum_acked`
+/// for it, so that timestamp only ages); any other leader needs a quorum's
+/// acknowledgement within `lease`. A follower or learner can while it knows
+/// a leader to forward to; one whose leader lost its quorum stops hearing
+/// from it (see `quorum_loss_probe_interval`) and soon knows none.
 pub(crate) fn writable(metrics: &RaftMetrics<TypeConfig>, lease: Duration) -> bool {
     match metrics.state {
-        ServerState::Leader => metrics
-            .last_quorum_acked
-            .as_ref()
-            .is_some_and(|acked| acked.elapsed() <= lease),
-        ServerState::Follower | ServerState::Learner => metrics.current_leader.is_some(),
+        ServerState::Leader => {
+            sole_voter(metrics)
+                || metrics
+                    .last_quorum_acked
+                    .as_ref()
+                    .is_some_and(|acked| acked.elapsed() < lease)
+        }
+        ServerState::Follower | ServerState::Learner => {
+            metrics.current_leader.is_some_and(|leader| leader != metrics.id)
+        }
         ServerState::Candidate | ServerState::Shutdown => false,
+    }
+}
+
+/// Whether this member is the group's only voter, in every configuration
+/// of a joint membership: its own vote is then a quorum.
+fn sole_voter(metrics: &RaftMetrics<TypeConfig>) -> bool {
+    let mut voters = metrics.membership_config.membership().voter_ids();
+    voters.next() == Some(metrics.id) && voters.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use openraft::Instant as _;
+    use openraft::alias::SerdeInstantOf;
+    use openraft::metrics::SerdeInstant;
+    use openraft::{RaftMetrics, ServerState};
+
+    use super::writable;
+    use crate::raft::{Membership, Node, StoredMembership, TypeConfig};
+
+    const LEASE: Duration = Duration::from_millis(1200);
+
+    /// Member 1's metrics in state `state`, with `voters` as the voters.
+    fn metrics(state: ServerState, voters: &[u64]) -> RaftMetrics<TypeConfig> {
+        let voter_set: BTreeSet<u64> = voters.iter().copied().collect();
+        let nodes: BTreeMap<u64, Node> = voters.iter().map(|id| (*id, Node::default())).collect();
+        let membership = Membership::new(vec![voter_set], nodes).expect("a valid membership");
+        let mut m = RaftMetrics::new_initial(1);
+        m.state = state;
+        m.current_leader = (state == ServerState::Leader).then_some(1);
+        m.membership_config = Arc::new(StoredMembership::new(None, membership));
+        m
+    }
+
+    fn acked(ago: Duration) -> Option<SerdeInstantOf<TypeConfig>> {
+        Some(SerdeInstant::new(openraft::TokioInstant::now() - ago))
+    }
+
+    #[test]
+    fn a_sole_voter_leader_is_writable_however_old_its_last_acknowledgement() {
+        let mut m = metrics(ServerState::Leader, &[1]);
+        assert!(writable(&m, LEASE), "never acknowledged");
+        m.last_quorum_acked = acked(Duration::from_secs(3600));
+        assert!(writable(&m, LEASE), "acknowledged an hour ago");
+    }
+
+    #[test]
+    fn a_leader_among_voters_is_writable_only_within_its_lease() {
+        let mut m = metrics(ServerState::Leader, &[1, 2, 3]);
+        assert!(!writable(&m, LEASE), "never acknowledged");
+        m.last_quorum_acked = acked(Duration::from_millis(100));
+        assert!(writable(&m, LEASE));
+        m.last_quorum_acked = acked(LEASE + Duration::from_millis(100));
+        assert!(!writable(&m, LEASE), "lease expired");
+    }
+
+    #[test]
+    fn a_leader_that_is_not_a_voter_needs_a_quorum() {
+        // Being removed: the remaining voter set no longer holds it.
+        let mut m = metrics(ServerState::Leader, &[2]);
+        assert!(!writable(&m, LEASE));
+        m.last_quorum_acked = acked(Duration::from_millis(100));
+        assert!(writable(&m, LEASE));
+    }
+
+    #[test]
+    fn a_follower_is_writable_while_it_knows_another_leader() {
+        let mut m = metrics(ServerState::Follower, &[1, 2, 3]);
+        assert!(!writable(&m, LEASE), "no leader known");
+        m.current_leader = Some(2);
+        assert!(writable(&m, LEASE));
+        m.state = ServerState::Learner;
+        assert!(writable(&m, LEASE));
+        m.state = ServerState::Candidate;
+        assert!(!writable(&m, LEASE));
+        m.state = ServerState::Shutdown;
+        assert!(!writable(&m, LEASE));
     }
 }

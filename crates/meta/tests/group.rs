@@ -5,32 +5,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{blob, digest, key, record};
+use common::group::{group, leader, start, tag};
+use common::{blob, digest, record, set_tag};
 use meta::{Command, GroupSettings, Meta, MetaError};
 use openraft::async_runtime::watch::WatchReceiver;
-use tokio::net::TcpListener;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
-
-fn set_tag(tag: &str, n: u32) -> Command {
-    Command::SetTag {
-        key: key("docker.io", "library/alpine", tag),
-        record: record(n, u64::from(n)),
-    }
-}
-
-fn tag(meta: &Meta, tag: &str) -> Option<meta::TagRecord> {
-    meta.tag(&key("docker.io", "library/alpine", tag))
-        .expect("reading a tag")
-}
-
-async fn start(dir: &Path, settings: &GroupSettings) -> Meta {
-    Meta::start(dir, settings).await.expect("starting metadata")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_one_commits_and_keeps_its_log_across_restarts() {
@@ -141,57 +122,12 @@ async fn records_made_offline_are_adopted_and_snapshotted_by_a_new_group() {
     meta.shutdown().await;
 }
 
-/// One member with its gRPC listener; the server stops with the test.
-async fn member(dir: &Path, id: u64, peers: &BTreeMap<u64, String>, listener: TcpListener) -> Meta {
-    let settings = GroupSettings {
-        node_id: id,
-        advertise: peers[&id].clone(),
-        peers: peers.clone(),
-        snapshot_every: 1000,
-    };
-    let meta = start(dir, &settings).await;
-    let (raft, admin) = meta.cluster_services().expect("a raft group");
-    tokio::spawn(async move {
-        Server::builder()
-            .add_service(raft.into_server())
-            .add_service(admin.into_server())
-            .serve_with_incoming(TcpIncoming::from(listener))
-            .await
-            .expect("serving grpc");
-    });
-    meta
-}
-
-/// Members 1..=n over `dirs`, each listing all as peers.
-async fn group(dirs: &[tempfile::TempDir]) -> Vec<Meta> {
-    let mut listeners = Vec::new();
-    let mut peers = BTreeMap::new();
-    for id in 1..=dirs.len() as u64 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding");
-        peers.insert(id, listener.local_addr().expect("bound address").to_string());
-        listeners.push(listener);
-    }
-    let mut members = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        members.push(member(dirs[i].path(), i as u64 + 1, &peers, listener).await);
-    }
-    members
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_forward_and_a_member_without_quorum_fails_fast_but_reads() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut members = group(&dirs).await;
 
-    // Node 1 forms the group after its grace period; wait for a leader.
-    let raft = members[0].raft().expect("a raft group");
-    let leader = raft
-        .wait(Some(Duration::from_secs(20)))
-        .metrics(|m| m.current_leader.is_some(), "a leader")
-        .await
-        .expect("the group elects a leader")
-        .current_leader
-        .expect("a leader id");
+    let leader = leader(&members[0]).await;
     let follower = members
         .iter()
         .find(|m| {

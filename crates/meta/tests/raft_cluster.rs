@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{key, record};
+use common::{key, record, set_tag};
 use meta::raft::{self, GrpcNetwork, LogStore, Node, Raft, RaftService};
-use meta::{Command, StateMachine, TagRecord};
+use meta::{StateMachine, TagRecord};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{Config, RaftMetrics, ServerState, SnapshotPolicy};
@@ -141,13 +141,6 @@ async fn leader(members: &[&Member]) -> u64 {
         }
         assert!(Instant::now() < deadline, "no agreed leader: {views:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn set_tag(tag: &str, n: u32) -> Command {
-    Command::SetTag {
-        key: key("docker.io", "library/alpine", tag),
-        record: record(n, u64::from(n)),
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{blob, digest, key, record};
+use common::{blob, digest, key, record, set_tag};
 use meta::raft::{self, LogStore, Node, Raft, Snapshot, SnapshotFile, StateMachineStore, TypeConfig, Vote};
 use meta::{Command, MetaError, StateMachine};
 use openraft::async_runtime::watch::WatchReceiver;
@@ -166,13 +166,6 @@ async fn write(raft: &Raft, cmd: Command) -> u64 {
     let response = raft.client_write(cmd).await.expect("client write");
     assert_eq!(response.data.refused, None);
     response.log_id.index
-}
-
-fn set_tag(tag: &str, n: u32) -> Command {
-    Command::SetTag {
-        key: key("docker.io", "library/alpine", tag),
-        record: record(n, u64::from(n)),
-    }
 }
 
 fn tag_of(state: &StateMachine, tag: &str) -> Option<meta::TagRecord> {

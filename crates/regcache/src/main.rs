@@ -81,9 +81,14 @@ fn run_serve(cfg: config::Config) -> anyhow::Result<()> {
     runtime.block_on(serve::run(cfg, metrics))
 }
 
+/// The log filter when `RUST_LOG` is unset: openraft logs its internal
+/// state at INFO, which means nothing to an operator; the group's changes
+/// are logged by `meta` in regcache's own words instead.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

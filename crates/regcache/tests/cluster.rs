@@ -321,6 +321,22 @@ fn a_fourth_member_is_added_by_snapshot_and_removed_online() {
     assert_eq!(voters(&view), 3, "{view:#}");
     assert_eq!(view["members"].as_array().map(Vec::len), Some(3), "{view:#}");
     cluster.stop(4);
+    // Every member tells the changes in its log.
+    for id in [1, 2, 3] {
+        let member = cluster.member(id);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let logged = |needle: &str| {
+            member
+                .process
+                .logs()
+                .lines()
+                .any(|l| l.contains(needle) && l.contains("node_id=4"))
+        };
+        while !(logged("raft member added") && logged("raft member removed")) {
+            assert!(Instant::now() < deadline, "{}", member.process.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 #[test]

@@ -51,6 +51,12 @@ impl Process {
     pub fn spawn(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Process> {
         let mut cmd = Command::new(bin);
         cmd.args(args).envs(envs.iter().copied());
+        Self::start(cmd)
+    }
+
+    /// Starts a prepared command (e.g. one with variables removed from its
+    /// environment), capturing its output like [`Process::spawn`].
+    pub fn start(cmd: Command) -> anyhow::Result<Process> {
         Self::spawn_command(cmd, Box::new(|_| {}))
     }
 

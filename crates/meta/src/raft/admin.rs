@@ -7,8 +7,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use openraft::ChangeMembers;
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
@@ -61,6 +62,21 @@ impl AdminService {
         GroupStatus::of(&self.raft)
     }
 
+    /// Where the leader is, when this member is not it: asked to change the
+    /// membership, openraft would refuse the same way but log an error.
+    fn not_leader(&self) -> Option<Result<Response<RaftReply>, Status>> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        if metrics.state == ServerState::Leader {
+            return None;
+        }
+        let membership = metrics.membership_config.membership();
+        let leader = metrics
+            .current_leader
+            .and_then(|id| membership.get_node(&id))
+            .map(|node| node.addr.clone());
+        Some(reply(&AdminAnswer::NotLeader { leader }))
+    }
+
     /// Maps a refused membership change: not the leader → where it is.
     fn answer(
         &self,
@@ -92,6 +108,9 @@ impl Admin for AdminService {
                 "a member needs an id >= 1 and an address",
             ));
         }
+        if let Some(redirect) = self.not_leader() {
+            return redirect;
+        }
         info!(id = add.id, addr = add.addr, "adding a member as a learner");
         let node = Node { addr: add.addr };
         // Blocks until the learner has caught up (by log or snapshot), so
@@ -111,6 +130,9 @@ impl Admin for AdminService {
 
     async fn remove_node(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let remove: RemoveNode = decode(&request.into_inner().json, "remove-node request")?;
+        if let Some(redirect) = self.not_leader() {
+            return redirect;
+        }
         let is_voter = self.raft.voter_ids().any(|id| id == remove.id);
         let ids = BTreeSet::from([remove.id]);
         let change = if is_voter {

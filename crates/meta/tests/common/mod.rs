@@ -1,6 +1,8 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
-use meta::{Entry, TagKey, TagRecord};
+pub mod group;
+
+use meta::{Command, Entry, TagKey, TagRecord};
 use oci::Digest;
 
 pub fn digest(n: u32) -> Digest {
@@ -30,4 +32,12 @@ pub fn blob(size: u64, last_access: u64) -> Entry {
 pub fn manifest(size: u64, refs: Vec<Digest>, last_access: u64) -> Entry {
     let media_type = "application/vnd.oci.image.manifest.v1+json".into();
     Entry::manifest(size, media_type, refs, last_access, None)
+}
+
+/// Sets `library/alpine:TAG` on docker.io to record `n`.
+pub fn set_tag(tag: &str, n: u32) -> Command {
+    Command::SetTag {
+        key: key("docker.io", "library/alpine", tag),
+        record: record(n, u64::from(n)),
+    }
 }

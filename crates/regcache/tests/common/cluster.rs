@@ -26,10 +26,16 @@ impl Cluster {
     /// Starts members 1..=n, all listing each other as peers; `extra` goes
     /// to every member's arguments (e.g. `--snapshot-every 10`).
     pub fn start(upstream_url: &str, n: u64, extra: &[&str]) -> Cluster {
+        Self::start_with_config(upstream_url, n, "", extra)
+    }
+
+    /// [`Cluster::start`] with `toml` added to every member's config file
+    /// (e.g. a `[cache]` table).
+    pub fn start_with_config(upstream_url: &str, n: u64, toml: &str, extra: &[&str]) -> Cluster {
         let shared = tempfile::tempdir().expect("shared dir");
         let config = shared.path().join("regcache.toml");
         let objects = shared.path().join("objects");
-        let text = format!("[storage]\nkind = \"fs\"\npath = {objects:?}\n");
+        let text = format!("{toml}\n[storage]\nkind = \"fs\"\npath = {objects:?}\n");
         std::fs::write(&config, text).expect("config");
         let ports = (1..=n).map(|id| (id, testkit::stable_port())).collect();
         let mut cluster = Cluster {

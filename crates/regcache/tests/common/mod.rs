@@ -45,15 +45,15 @@ impl Regcache {
     }
 
     /// Binds port 0 and reads the bound address from the startup log line,
-    /// so parallel tests never race for a port.
+    /// so parallel tests never race for a port. The log filter is the
+    /// default a user gets (no `RUST_LOG`).
     fn start_with_args(data_dir: &Path, args: Vec<String>, env: Vec<(String, String)>) -> Regcache {
-        let mut full = args.clone();
-        full.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
-        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
-        let mut env_refs = vec![("RUST_LOG", "info")];
-        env_refs.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let process = Process::spawn(Path::new(env!("CARGO_BIN_EXE_regcache")), &refs, &env_refs)
-            .expect("spawning regcache");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"));
+        cmd.args(&args)
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("RUST_LOG")
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        let process = Process::start(cmd).expect("spawning regcache");
         let deadline = Instant::now() + Duration::from_secs(30);
         let port = loop {
             if let Some(port) = bound_port(&process.logs()) {
