@@ -9,8 +9,9 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use crate::body::{counted, file_range};
 use crate::disk_fill::DiskFill;
+use crate::inflight::Joined;
 use crate::object_read::{self, Check};
-use crate::{Body, Cache, CacheError, Source, Tier};
+use crate::{Body, Cache, CacheError, Remote, Tier};
 
 /// A range starting this far past what a copy from the object tier has
 /// written is read from the object tier directly instead of waiting.
@@ -29,7 +30,7 @@ impl Cache {
     /// Serves a blob from the fastest tier, else joins or starts its download.
     pub async fn blob(
         &self,
-        src: &Source,
+        src: &Remote,
         repo: &RepoName,
         digest: &Digest,
         range: Option<ByteRange>,
@@ -46,7 +47,7 @@ impl Cache {
 
     async fn blob_from_tiers(
         &self,
-        src: &Source,
+        src: &Remote,
         repo: &RepoName,
         digest: &Digest,
         range: Option<ByteRange>,
@@ -70,11 +71,13 @@ impl Cache {
                 return Ok(hit);
             }
             let from_object = streaming.is_some();
-            let Some((download, joined)) =
-                self.inflight
-                    .join_or_start(&self.disk, &src.upstream, repo, digest, streaming)?
-            else {
-                continue;
+            let joined = self
+                .inflight
+                .join_or_start(&self.disk, &src.upstream, repo, digest, streaming)?;
+            let (download, joined) = match joined {
+                Joined::Running(download) => (download, true),
+                Joined::Started(download) => (download, false),
+                Joined::OnDisk => continue,
             };
             let (size, object_key) = download.size().await?;
             let (start, end) = span_of(range, size)?;
@@ -101,16 +104,16 @@ impl Cache {
                 },
             });
         }
-        Err(CacheError::UpstreamBody(
-            "blob vanished from the disk tier while being served".into(),
-        ))
+        Err(CacheError::Vanished {
+            digest: digest.clone(),
+        })
     }
 
     /// Streams the blob (or its range) straight from the object tier when
     /// it has it; the local disk copy starts when the response ends.
     async fn blob_from_objects(
         &self,
-        src: &Source,
+        src: &Remote,
         repo: &RepoName,
         digest: &Digest,
         range: Option<ByteRange>,
@@ -179,7 +182,10 @@ impl Cache {
             let mut bytes = Vec::with_capacity(size as usize);
             file.read_to_end(&mut bytes)
                 .await
-                .map_err(|e| CacheError::UpstreamBody(e.to_string()))?;
+                .map_err(|source| CacheError::LocalIo {
+                    digest: digest.clone(),
+                    source,
+                })?;
             let bytes = bytes::Bytes::from(bytes);
             let object = MemoryObject {
                 bytes: bytes.clone(),

@@ -4,55 +4,20 @@
 //! request for the blob meanwhile starts the copy at once and follows it, so
 //! a herd of clients reads the object from the store once, not once each.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use oci::{Digest, RepoName};
 use tracing::warn;
 use upstream::Upstream;
 
 use crate::Cache;
-
-/// Responses streaming blobs straight from the object tier: for each
-/// digest, the object's key and how many responses.
-#[derive(Default)]
-pub(crate) struct ObjectStreams {
-    streams: Mutex<HashMap<Digest, (String, usize)>>,
-}
-
-impl ObjectStreams {
-    /// The key of the object a response is streaming `digest` from, if any.
-    pub(crate) fn key(&self, digest: &Digest) -> Option<String> {
-        self.lock().get(digest).map(|(key, _)| key.clone())
-    }
-
-    fn started(&self, digest: &Digest, key: &str) {
-        self.lock()
-            .entry(digest.clone())
-            .or_insert_with(|| (key.to_owned(), 0))
-            .1 += 1;
-    }
-
-    fn ended(&self, digest: &Digest) {
-        let mut streams = self.lock();
-        if let Some((_, count)) = streams.get_mut(digest) {
-            *count -= 1;
-            if *count == 0 {
-                streams.remove(digest);
-            }
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, (String, usize)>> {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+use crate::object_streams::OpenObjectStreams;
 
 /// Held by a response streaming a blob from the object tier; starts the
 /// copy to local disk when dropped, unless disarmed (the object turned out
 /// corrupt, or unreadable).
 pub(crate) struct DiskFill {
-    streams: Arc<ObjectStreams>,
+    streams: Arc<OpenObjectStreams>,
     inflight: Arc<crate::inflight::Inflight>,
     disk: store::DiskStore,
     upstream: Upstream,

@@ -1,30 +1,23 @@
+//! The downloads under way on this replica, one per digest, and the
+//! follower side every request for that digest reads.
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use futures_util::stream::BoxStream;
-use futures_util::{FutureExt as _, StreamExt, TryStreamExt as _};
-use meta::{Command, Entry, Meta};
-use objstore::{MultipartWriter, ObjStoreError, ObjectKind};
+use meta::Meta;
 use oci::{Digest, RepoName};
-use store::{BlobWriter, Committed, DiskStore, StoreError, Verified};
+use store::DiskStore;
 use tokio::sync::watch;
-use tracing::{debug, warn};
 use upstream::Upstream;
 
-use crate::objects::{Objects, count_unstored};
+use crate::fetch::Fetch;
+use crate::object_tier::ObjectTier;
 use crate::recent::RecentChunks;
-use crate::{BodyStream, CacheError, body, forget_evicted, unix_now};
-
-/// Chunks are batched up to this size: fewer trips to the blocking pool.
-const WRITE_BATCH: u64 = 256 * 1024;
-/// How long one chunk may wait for the object store before the download
-/// stops storing there: a stalled store must not stall the clients.
-const TEE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::{BodyStream, CacheError, body};
 
 /// Where a download's bytes come from.
 #[derive(Clone, Debug)]
-pub(crate) enum Origin {
+pub(crate) enum BytesFrom {
     Upstream,
     /// The object tier, under this key (another replica stored it).
     Object(Arc<str>),
@@ -38,12 +31,12 @@ pub(crate) enum Progress {
     Running {
         size: Option<u64>,
         written: u64,
-        origin: Origin,
+        from: BytesFrom,
     },
     /// Every byte written and verified (being made durable and put in place).
     Done {
         size: u64,
-        origin: Origin,
+        from: BytesFrom,
     },
     Failed(Arc<CacheError>),
 }
@@ -61,12 +54,23 @@ pub(crate) struct Download {
 /// The downloads under way, by digest.
 pub(crate) struct Inflight {
     downloads: Mutex<HashMap<Digest, Arc<Download>>>,
-    meta: Arc<Meta>,
-    objects: Option<Arc<Objects>>,
+    pub(crate) meta: Arc<Meta>,
+    pub(crate) objects: Option<Arc<ObjectTier>>,
+}
+
+/// What [`Inflight::join_or_start`] found.
+pub(crate) enum Joined {
+    /// A download another request started, under way.
+    Running(Arc<Download>),
+    /// A download this call started.
+    Started(Arc<Download>),
+    /// None: the disk tier has the blob after all (a download committed
+    /// since the caller looked).
+    OnDisk,
 }
 
 impl Inflight {
-    pub(crate) fn new(meta: Arc<Meta>, objects: Option<Arc<Objects>>) -> Self {
+    pub(crate) fn new(meta: Arc<Meta>, objects: Option<Arc<ObjectTier>>) -> Self {
         Inflight {
             downloads: Mutex::new(HashMap::new()),
             meta,
@@ -81,10 +85,9 @@ impl Inflight {
 
     /// Joins the download of `digest`, or starts one: a copy of the object
     /// tier's `object` when given, else a fetch from the upstream (teed into
-    /// the object tier). `None` when the disk tier has it after all (a
-    /// download committed since the caller looked): the check happens under
-    /// the map's lock and a download is committed before it leaves the map,
-    /// so no digest is ever fetched twice at once.
+    /// the object tier). The disk check happens under the map's lock and a
+    /// download is committed before it leaves the map, so no digest is ever
+    /// fetched twice at once.
     pub(crate) fn join_or_start(
         self: &Arc<Self>,
         disk: &DiskStore,
@@ -92,13 +95,13 @@ impl Inflight {
         repo: &RepoName,
         digest: &Digest,
         object: Option<String>,
-    ) -> Result<Option<(Arc<Download>, bool)>, CacheError> {
+    ) -> Result<Joined, CacheError> {
         let mut downloads = self.lock();
         if let Some(d) = downloads.get(digest) {
-            return Ok(Some((Arc::clone(d), true)));
+            return Ok(Joined::Running(Arc::clone(d)));
         }
         if disk.size_of(digest).is_some() {
-            return Ok(None);
+            return Ok(Joined::OnDisk);
         }
         let writer = disk.writer(digest)?;
         let (tx, rx) = watch::channel(Progress::Starting);
@@ -120,7 +123,7 @@ impl Inflight {
             recent,
         };
         tokio::spawn(task.run(writer));
-        Ok(Some((download, false)))
+        Ok(Joined::Started(download))
     }
 
     /// How many downloads are under way (or being made durable).
@@ -128,241 +131,14 @@ impl Inflight {
         self.lock().len()
     }
 
+    /// Takes `digest`'s download out of the map: a request arriving later
+    /// starts afresh or finds the disk tier.
+    pub(crate) fn remove(&self, digest: &Digest) {
+        self.lock().remove(digest);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<Download>>> {
         self.downloads.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The task that owns a download. It runs to the end even when every client
-/// has gone: the cache itself still wants the blob.
-struct Fetch {
-    inflight: Arc<Inflight>,
-    upstream: Upstream,
-    repo: RepoName,
-    digest: Digest,
-    /// The object tier's copy to read, instead of the upstream.
-    object: Option<String>,
-    progress: watch::Sender<Progress>,
-    recent: Arc<RecentChunks>,
-}
-
-/// A verified blob in its temp file, and where the object tier has it.
-struct Fetched {
-    verified: Verified,
-    object_key: Option<String>,
-}
-
-/// A download being copied into the object tier as it arrives.
-type Tee = Option<(String, MultipartWriter)>;
-
-impl Fetch {
-    async fn run(self, writer: BlobWriter) {
-        let mut tee = None;
-        let e = match self.fetch(writer, &mut tee).await {
-            Ok(fetched) => return self.keep(fetched, tee).await,
-            Err(e) => e,
-        };
-        abort_tee(tee).await;
-        // Bytes that fail verification are the upstream's fault: a bad
-        // gateway (502) for the client, not an internal error.
-        let e = match e {
-            CacheError::Store(mismatch @ StoreError::DigestMismatch { .. }) => {
-                metrics::counter!("regcache_digest_mismatch_total", "upstream" => self.upstream.name().to_owned())
-                    .increment(1);
-                CacheError::UpstreamBody(mismatch.to_string())
-            }
-            other => other,
-        };
-        warn!(upstream = self.upstream.name(), repo = %self.repo, digest = %self.digest, error = %e, "blob download failed");
-        // Leave the map first: a request arriving after the failure is
-        // published must start afresh, never join this download.
-        self.inflight.lock().remove(&self.digest);
-        self.progress.send_replace(Progress::Failed(Arc::new(e)));
-    }
-
-    /// Releases the verified blob to its readers, then makes it durable,
-    /// puts it in place and records it (the fsync is not on the clients'
-    /// path), and only then leaves the map: a request arriving later finds
-    /// the disk tier, and shutdown waits for all of it.
-    async fn keep(&self, fetched: Fetched, tee: Tee) {
-        let size = fetched.verified.size();
-        let origin = match &fetched.object_key {
-            Some(key) => Origin::Object(Arc::from(key.as_str())),
-            None => Origin::Upstream,
-        };
-        self.progress.send_replace(Progress::Done { size, origin });
-        match fetched.verified.persist().await {
-            Ok(committed) => {
-                debug!(upstream = self.upstream.name(), digest = %self.digest, size, "blob cached");
-                self.record(committed, fetched.object_key, tee).await;
-            }
-            Err(e) => {
-                warn!(digest = %self.digest, error = %e, "keeping a verified blob on disk failed");
-                abort_tee(tee).await;
-            }
-        }
-        self.inflight.lock().remove(&self.digest);
-    }
-
-    /// Copies the blob to local disk from the object tier's `object` when
-    /// given, else from the upstream while teeing it into the object tier;
-    /// commits it to disk once verified.
-    async fn fetch(&self, mut writer: BlobWriter, tee: &mut Tee) -> Result<Fetched, CacheError> {
-        let objects = self.inflight.objects.as_ref();
-        if let (Some(objects), Some(hint)) = (objects, &self.object) {
-            return self.copy_object(writer, objects, hint).await;
-        }
-        *tee = objects.and_then(|o| o.upload(ObjectKind::Blob, &self.digest));
-        let blob = self.upstream.get_blob(&self.repo, &self.digest).await?;
-        let body = blob.body.map_err(CacheError::from).boxed();
-        self.copy(&mut writer, blob.size, Origin::Upstream, body, tee)
-            .await?;
-        Ok(Fetched {
-            verified: writer.verify().await?,
-            object_key: None,
-        })
-    }
-
-    /// The object tier's copy, verified against the digest (and deleted if
-    /// it does not match). Never the upstream: a copy whose object vanished
-    /// simply does not happen.
-    async fn copy_object(
-        &self,
-        mut writer: BlobWriter,
-        objects: &Arc<Objects>,
-        hint: &str,
-    ) -> Result<Fetched, CacheError> {
-        let Some((key, body)) = objects
-            .open(ObjectKind::Blob, &self.digest, Some(hint.to_owned()))
-            .await
-        else {
-            return Err(CacheError::ObjectStore(ObjStoreError::Request {
-                operation: "get_object",
-                detail: "the object is gone or the store unavailable".into(),
-            }));
-        };
-        let size = body.len();
-        let body = objects.watched(body).map_err(CacheError::from).boxed();
-        let origin = Origin::Object(Arc::from(key.as_str()));
-        let copied = match self.copy(&mut writer, Some(size), origin, body, &mut None).await {
-            Ok(()) => writer.verify().await.map_err(CacheError::from),
-            Err(e) => Err(e),
-        };
-        if let Err(CacheError::Store(StoreError::DigestMismatch { .. })) = &copied {
-            // Whole but wrong: no request may ever be served it again.
-            objects.discard_corrupt(&key).await;
-        }
-        Ok(Fetched {
-            verified: copied?,
-            object_key: Some(key),
-        })
-    }
-
-    /// Writes `body` to the temp file (and `tee`), publishing progress.
-    async fn copy(
-        &self,
-        writer: &mut BlobWriter,
-        size: Option<u64>,
-        origin: Origin,
-        mut body: BoxStream<'static, Result<Bytes, CacheError>>,
-        tee: &mut Tee,
-    ) -> Result<(), CacheError> {
-        let running = |written| Progress::Running {
-            size,
-            written,
-            origin: origin.clone(),
-        };
-        self.progress.send_replace(running(0));
-        while let Some(chunk) = body.next().await {
-            // Batch what has already arrived into one trip to the disk.
-            let mut batch = vec![chunk?];
-            let mut batched = batch[0].len() as u64;
-            while batched < WRITE_BATCH {
-                match body.next().now_or_never() {
-                    Some(Some(more)) => {
-                        let more = more?;
-                        batched += more.len() as u64;
-                        batch.push(more);
-                    }
-                    _ => break,
-                }
-            }
-            let mut offset = writer.accepted();
-            let written = writer.append_all(batch.clone()).await?;
-            if size.is_some_and(|s| writer.accepted() > s) {
-                return Err(CacheError::UpstreamBody(
-                    "upstream sent more bytes than announced".into(),
-                ));
-            }
-            self.progress.send_replace(running(written));
-            for chunk in batch {
-                let len = chunk.len() as u64;
-                self.recent.push(offset, chunk.clone());
-                offset += len;
-                self.tee_write(tee, chunk).await;
-            }
-        }
-        let written = writer.flush().await?;
-        self.progress.send_replace(running(written));
-        if size.is_some_and(|s| s != written) {
-            return Err(CacheError::UpstreamBody(format!(
-                "upstream body ended after {written} bytes"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Copies a chunk into the object tier; on failure the upload is
-    /// dropped (and so aborted) and the download goes on without it.
-    async fn tee_write(&self, tee: &mut Tee, chunk: Bytes) {
-        let (Some((_, upload)), Some(objects)) = (tee.as_mut(), &self.inflight.objects) else {
-            return;
-        };
-        let error = match tokio::time::timeout(TEE_WAIT, upload.write(chunk)).await {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => e,
-            Err(_) => ObjStoreError::Unavailable {
-                operation: "upload_part",
-                detail: format!("no progress for {TEE_WAIT:?}"),
-            },
-        };
-        objects.failed("upload_part", &error);
-        *tee = None;
-    }
-
-    /// Completes the object upload and records the blob in the index. The
-    /// blob is safely on disk by now: failures here are logged, not fatal.
-    async fn record(&self, committed: Committed, mut object_key: Option<String>, tee: Tee) {
-        if let (Some((key, upload)), Some(objects)) = (tee, &self.inflight.objects)
-            && objects.complete(upload).await
-        {
-            object_key = Some(key);
-        }
-        if object_key.is_none() && self.inflight.objects.is_some() {
-            count_unstored(ObjectKind::Blob);
-        }
-        let entry =
-            Entry::blob(committed.size, unix_now().as_secs(), object_key).with_crc64nvme(committed.crc64nvme);
-        let meta = &self.inflight.meta;
-        if let Err(e) = meta
-            .propose(Command::PutEntry {
-                digest: self.digest.clone(),
-                entry,
-            })
-            .await
-        {
-            warn!(digest = %self.digest, error = %e, "recording blob in the index failed");
-        }
-        forget_evicted(meta, committed.evicted).await;
-    }
-}
-
-/// Discards what a download copied into the object tier.
-async fn abort_tee(tee: Tee) {
-    if let Some((key, upload)) = tee
-        && let Err(e) = upload.abort().await
-    {
-        warn!(key, error = %e, "aborting the object upload failed; the stale-upload sweep will");
     }
 }
 
@@ -374,13 +150,13 @@ impl Download {
         self.until(|progress| match progress {
             Progress::Running {
                 size: Some(size),
-                origin,
+                from,
                 ..
             }
-            | Progress::Done { size, origin } => {
-                let key = match origin {
-                    Origin::Object(key) => Some(Arc::clone(key)),
-                    Origin::Upstream => None,
+            | Progress::Done { size, from } => {
+                let key = match from {
+                    BytesFrom::Object(key) => Some(Arc::clone(key)),
+                    BytesFrom::Upstream => None,
                 };
                 Some(Ok((*size, key)))
             }
@@ -388,7 +164,7 @@ impl Download {
             Progress::Starting | Progress::Running { size: None, .. } => None,
         })
         .await
-        .unwrap_or_else(|| Err(CacheError::UpstreamBody("download task ended".into())))
+        .unwrap_or(Err(CacheError::DownloadAborted))
     }
 
     /// Streams `[start, end)` of the blob as the download provides it. The

@@ -7,11 +7,13 @@
 mod blob;
 mod body;
 mod disk_fill;
+mod fetch;
 mod inflight;
 mod keyed_lock;
 mod manifest;
 mod object_read;
-mod objects;
+mod object_streams;
+mod object_tier;
 mod recent;
 
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use upstream::{Upstream, UpstreamError};
 
 pub use blob::BlobHit;
 pub use manifest::ManifestHit;
-pub use objects::Objects;
+pub use object_tier::ObjectTier;
 
 /// A body streamed to the client; an error ends the response early.
 pub type BodyStream = BoxStream<'static, std::io::Result<Bytes>>;
@@ -75,8 +77,24 @@ pub enum CacheError {
     ObjectStore(#[from] objstore::ObjStoreError),
     #[error("metadata: {0}")]
     Meta(#[from] MetaError),
+    /// The upstream's body was cut, too long, or did not match its digest.
     #[error("upstream body: {0}")]
     UpstreamBody(String),
+    /// Reading this replica's own disk tier failed.
+    #[error("reading {digest} from the disk tier: {source}")]
+    LocalIo {
+        digest: Digest,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The disk tier evicted a blob between a download and its reading;
+    /// asked again, it is fetched again.
+    #[error("{digest} left the disk tier while being served")]
+    Vanished { digest: Digest },
+    /// The task downloading a blob ended without a result (e.g. at
+    /// shutdown); asked again, the blob is fetched again.
+    #[error("the download ended without a result")]
+    DownloadAborted,
     #[error("manifest from upstream is invalid: {0}")]
     ManifestInvalid(String),
     #[error("manifest digest mismatch: expected {expected}, got {actual}")]
@@ -99,8 +117,9 @@ pub struct CacheSettings {
     pub max_manifest_bytes: u64,
 }
 
-/// An upstream as the cache sees it: the client and its tag TTL.
-pub struct Source {
+/// An upstream registry as the cache uses it: the client, and how long a
+/// tag it answered counts as fresh.
+pub struct Remote {
     pub upstream: Upstream,
     pub tag_ttl: Duration,
 }
@@ -109,10 +128,10 @@ pub struct Cache {
     memory: MemoryStore,
     disk: DiskStore,
     /// `None` when the disk tier is the only copy (the embedded default).
-    objects: Option<Arc<Objects>>,
+    objects: Option<Arc<ObjectTier>>,
     meta: Arc<Meta>,
     inflight: Arc<inflight::Inflight>,
-    object_streams: Arc<disk_fill::ObjectStreams>,
+    object_streams: Arc<object_streams::OpenObjectStreams>,
     manifest_locks: keyed_lock::KeyedLocks<Digest>,
     tag_locks: keyed_lock::KeyedLocks<TagKey>,
     settings: CacheSettings,
@@ -122,7 +141,7 @@ impl Cache {
     pub fn new(
         memory: MemoryStore,
         disk: DiskStore,
-        objects: Option<Arc<Objects>>,
+        objects: Option<Arc<ObjectTier>>,
         meta: Arc<Meta>,
         settings: CacheSettings,
     ) -> Self {

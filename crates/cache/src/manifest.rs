@@ -7,7 +7,7 @@ use tokio::io::AsyncReadExt;
 use tracing::warn;
 use upstream::FetchedManifest;
 
-use crate::{Cache, CacheError, Source, Tier, forget_evicted, unix_now};
+use crate::{Cache, CacheError, Remote, Tier, forget_evicted, unix_now};
 
 /// A manifest ready to send, with the exact bytes and media type the
 /// upstream gave (never re-serialized, so its digest holds).
@@ -24,7 +24,7 @@ impl Cache {
     /// Accept header values; the stored media type must be among them.
     pub async fn manifest(
         &self,
-        src: &Source,
+        src: &Remote,
         repo: &RepoName,
         reference: &Reference,
         accept: &[&str],
@@ -47,7 +47,7 @@ impl Cache {
     /// Manifests by digest are immutable: once stored, never asked upstream again.
     async fn manifest_by_digest(
         &self,
-        src: &Source,
+        src: &Remote,
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<ManifestHit, CacheError> {
@@ -92,7 +92,10 @@ impl Cache {
         let mut bytes = Vec::with_capacity(size as usize);
         file.read_to_end(&mut bytes)
             .await
-            .map_err(|e| CacheError::UpstreamBody(e.to_string()))?;
+            .map_err(|source| CacheError::LocalIo {
+                digest: digest.clone(),
+                source,
+            })?;
         let bytes = Bytes::from(bytes);
         let media_type = match entry.and_then(|e| e.media_type) {
             Some(media_type) => media_type,
@@ -215,7 +218,7 @@ impl Cache {
     /// up to `max_stale`. One revalidation per tag at a time.
     async fn manifest_by_tag(
         &self,
-        src: &Source,
+        src: &Remote,
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<ManifestHit, CacheError> {
@@ -258,7 +261,7 @@ impl Cache {
 
     async fn revalidate(
         &self,
-        src: &Source,
+        src: &Remote,
         repo: &RepoName,
         tag: &Tag,
         key: &TagKey,
@@ -301,7 +304,7 @@ impl Cache {
     /// manifest serves every client.
     async fn fetch_manifest(
         &self,
-        src: &Source,
+        src: &Remote,
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<FetchedManifest, CacheError> {
@@ -332,7 +335,7 @@ impl Cache {
 }
 
 /// Checks manifest bytes against the digest they were asked or announced by.
-fn verify(src: &Source, expected: &Digest, bytes: &[u8]) -> Result<(), CacheError> {
+fn verify(src: &Remote, expected: &Digest, bytes: &[u8]) -> Result<(), CacheError> {
     let actual = expected.rehash(bytes);
     if &actual != expected {
         metrics::counter!("regcache_digest_mismatch_total", "upstream" => src.upstream.name().to_owned())

@@ -16,7 +16,7 @@ use oci::{Digest, DigestHasher};
 
 use crate::BodyStream;
 use crate::disk_fill::DiskFill;
-use crate::objects::Objects;
+use crate::object_tier::ObjectTier;
 
 /// How a whole object is checked as it streams.
 pub(crate) enum Check {
@@ -67,7 +67,7 @@ impl Check {
 /// `check` is for whole objects only; `fill` runs when the stream is
 /// dropped, unless it failed.
 pub(crate) fn stream(
-    objects: &Arc<Objects>,
+    objects: &Arc<ObjectTier>,
     key: String,
     body: ObjectBody,
     check: Option<Check>,
@@ -99,7 +99,7 @@ struct Reading {
     check: Option<Check>,
     /// The chunk sent last, not checked yet.
     unchecked: Option<Bytes>,
-    objects: Arc<Objects>,
+    objects: Arc<ObjectTier>,
     key: String,
     fill: DiskFill,
 }

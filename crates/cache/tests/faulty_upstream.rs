@@ -3,86 +3,19 @@
 //! the body early. Nothing may be stored and every client's stream must end
 //! with an error.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
-use cache::{Body, Cache, CacheSettings, Source};
-use futures_util::StreamExt;
-use meta::{GroupSettings, Meta};
+use common::{cache_over, drain, scripted_upstream};
 use oci::Digest;
-use store::{DiskStore, MemoryStore};
-use upstream::{Upstream, UpstreamConfig};
-
-/// Serves `body` for every blob GET, counting requests.
-async fn fault_server(body: Vec<u8>, hits: Arc<AtomicUsize>) -> String {
-    let app = Router::new().route(
-        "/v2/{*rest}",
-        get(move || {
-            hits.fetch_add(1, Ordering::SeqCst);
-            let body = body.clone();
-            async move { body }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
-}
-
-async fn cache_over(dir: &std::path::Path, url: &str) -> (Cache, Source, DiskStore) {
-    let meta = Meta::start(&dir.join("meta"), &GroupSettings::single())
-        .await
-        .expect("starting meta");
-    let meta = Arc::new(meta);
-    let disk = DiskStore::open(dir, 1 << 30).expect("opening disk tier");
-    let settings = CacheSettings {
-        max_stale: Duration::from_secs(60),
-        max_manifest_bytes: 1 << 20,
-    };
-    let cache = Cache::new(MemoryStore::new(1 << 20, 0), disk.clone(), None, meta, settings);
-    let upstream = Upstream::new(UpstreamConfig {
-        name: "docker.io".into(),
-        remote_url: url.parse().expect("url"),
-        username: None,
-        password: None,
-        http_proxy: None,
-        https_proxy: None,
-        connect_timeout: Duration::from_secs(2),
-        read_timeout: Duration::from_secs(2),
-    })
-    .expect("upstream");
-    (
-        cache,
-        Source {
-            upstream,
-            tag_ttl: Duration::from_secs(60),
-        },
-        disk,
-    )
-}
-
-async fn drain(body: Body) -> Result<Vec<u8>, std::io::Error> {
-    match body {
-        Body::Full(bytes) => Ok(bytes.to_vec()),
-        Body::Stream(mut s) => {
-            let mut out = Vec::new();
-            while let Some(chunk) = s.next().await {
-                out.extend_from_slice(&chunk?);
-            }
-            Ok(out)
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_bytes_are_never_stored_and_every_client_sees_an_error() {
     let hits = Arc::new(AtomicUsize::new(0));
-    let url = fault_server(vec![7u8; 3 << 20], Arc::clone(&hits)).await;
+    let url = scripted_upstream(vec![7u8; 3 << 20], Arc::clone(&hits)).await;
     let dir = tempfile::tempdir().unwrap();
     let (cache, source, disk) = cache_over(dir.path(), &url).await;
     let cache = Arc::new(cache);
@@ -130,7 +63,7 @@ async fn right_bytes_are_stored_once_and_served_from_disk() {
     let content = vec![42u8; 1 << 20];
     let digest = Digest::sha256_of(&content);
     let hits = Arc::new(AtomicUsize::new(0));
-    let url = fault_server(content.clone(), Arc::clone(&hits)).await;
+    let url = scripted_upstream(content.clone(), Arc::clone(&hits)).await;
     let dir = tempfile::tempdir().unwrap();
     let (cache, source, disk) = cache_over(dir.path(), &url).await;
     let repo: oci::RepoName = "library/x".parse().unwrap();

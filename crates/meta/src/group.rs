@@ -37,13 +37,16 @@ pub struct GroupSettings {
 }
 
 impl GroupSettings {
+    /// How many log entries a snapshot covers unless configured otherwise.
+    pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+
     /// A group of one with no listener: the embedded default.
     pub fn single() -> GroupSettings {
         GroupSettings {
             node_id: 1,
             advertise: String::new(),
             peers: BTreeMap::new(),
-            snapshot_every: 10_000,
+            snapshot_every: Self::DEFAULT_SNAPSHOT_EVERY,
         }
     }
 

@@ -1,14 +1,12 @@
 //! Command line. Subcommands are nested by topic (`config check`) so that
 //! later ones (`config containerd`, `cluster …`, `index rebuild`) slot in.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::clients;
-use crate::config::{RawCluster, RawStorage, check_remote_url, check_upstream_name};
+use crate::config::ServeOverrides;
 
 /// A pull-through cache for OCI and Docker registries.
 #[derive(Debug, Parser)]
@@ -21,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a cache replica.
-    Serve(ServeArgs),
+    Serve(ReplicaArgs),
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -75,19 +73,20 @@ pub enum IndexCommand {
     /// replica is stopped. In a cluster that lost every metadata volume,
     /// run it on the member with the lowest id: it forms the group and
     /// sends the index to the others.
-    Rebuild {
-        /// Configuration file (TOML); without it the embedded default is used.
-        #[arg(long, env = "REGCACHE_CONFIG", value_name = "FILE")]
-        config: Option<PathBuf>,
-        #[command(flatten)]
-        overrides: ServeOverrides,
-    },
+    Rebuild(ReplicaArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Validate FILE and print the effective configuration, secrets redacted.
-    Check { file: PathBuf },
+    /// Validate FILE and print the effective configuration `serve` would
+    /// run with (flags and REGCACHE_* variables applied), secrets redacted.
+    Check {
+        /// Configuration file (TOML); without it the embedded default.
+        #[arg(env = "REGCACHE_CONFIG", value_name = "FILE")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Box<ServeOverrides>,
+    },
     #[command(flatten)]
     Client(ClientConfig),
 }
@@ -134,8 +133,9 @@ pub struct UpstreamNames {
     pub names: Vec<String>,
 }
 
+/// A replica's configuration, as `serve` and the offline tools read it.
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub struct ReplicaArgs {
     /// Configuration file (TOML); without it the embedded default is used.
     #[arg(long, env = "REGCACHE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -151,148 +151,6 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
-}
-
-/// Settings the command line overrides on top of the file.
-#[derive(Clone, Debug, Default, Args)]
-pub struct ServeOverrides {
-    /// Address to listen on, e.g. 0.0.0.0:5000 (overrides `listen`).
-    #[arg(long, env = "REGCACHE_LISTEN", value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Where cached content and metadata live (overrides `data_dir`).
-    #[arg(long, env = "REGCACHE_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Sets an upstream's remote URL, adding the upstream if it is new;
-    /// repeatable, e.g. --upstream docker.io=http://127.0.0.1:5001.
-    #[arg(long = "upstream", value_name = "NAME=URL")]
-    pub upstreams: Vec<UpstreamOverride>,
-    #[command(flatten)]
-    pub storage: StorageOverrides,
-    #[command(flatten)]
-    pub cluster: ClusterOverrides,
-}
-
-/// `[storage]` settings from the command line; checked with the file's rules.
-#[derive(Clone, Debug, Default, Args)]
-pub struct StorageOverrides {
-    /// Keep content in this S3 bucket (sets `storage.kind = "s3"`).
-    #[arg(long, env = "REGCACHE_S3_BUCKET", value_name = "BUCKET")]
-    pub s3_bucket: Option<String>,
-    /// Key prefix inside the bucket.
-    #[arg(long, env = "REGCACHE_S3_PREFIX", value_name = "PREFIX")]
-    pub s3_prefix: Option<String>,
-    /// Endpoint of an S3-compatible store, e.g. http://127.0.0.1:8333.
-    #[arg(long, env = "REGCACHE_S3_ENDPOINT", value_name = "URL")]
-    pub s3_endpoint: Option<String>,
-    #[arg(long, env = "REGCACHE_S3_REGION", value_name = "REGION")]
-    pub s3_region: Option<String>,
-    /// Address the bucket as ENDPOINT/BUCKET (most S3-compatible stores need it).
-    #[arg(long, env = "REGCACHE_S3_FORCE_PATH_STYLE")]
-    pub s3_force_path_style: bool,
-}
-
-impl StorageOverrides {
-    /// The file's `[storage]` with these settings on top.
-    pub(crate) fn apply(&self, mut raw: RawStorage) -> RawStorage {
-        if self.s3_bucket.is_some() {
-            raw.kind = Some("s3".to_owned());
-            raw.path = None;
-        }
-        let pairs = [
-            (&mut raw.bucket, &self.s3_bucket),
-            (&mut raw.prefix, &self.s3_prefix),
-            (&mut raw.endpoint, &self.s3_endpoint),
-            (&mut raw.region, &self.s3_region),
-        ];
-        for (field, flag) in pairs {
-            if flag.is_some() {
-                field.clone_from(flag);
-            }
-        }
-        if self.s3_force_path_style {
-            raw.force_path_style = Some(true);
-        }
-        raw
-    }
-}
-
-/// `[cluster]` settings from the command line; checked with the file's rules.
-#[derive(Clone, Debug, Default, Args)]
-pub struct ClusterOverrides {
-    /// This replica's Raft node id, at least 1 (overrides `cluster.node_id`).
-    #[arg(
-        long,
-        env = "REGCACHE_NODE_ID",
-        value_name = "N",
-        conflicts_with = "node_id_from_hostname"
-    )]
-    pub node_id: Option<u64>,
-    /// Node id = ordinal + 1 of a StatefulSet pod's hostname (regcache-2 is
-    /// node 3), so every pod can share one pod template.
-    #[arg(long, env = "REGCACHE_NODE_ID_FROM_HOSTNAME")]
-    pub node_id_from_hostname: bool,
-    /// Address for Raft and peer traffic, e.g. 0.0.0.0:5001; replicas only.
-    #[arg(long, env = "REGCACHE_CLUSTER_LISTEN", value_name = "ADDR")]
-    pub cluster_listen: Option<String>,
-    /// HOST:PORT peers reach this node at, when the listen address is not it.
-    #[arg(long, env = "REGCACHE_CLUSTER_ADVERTISE", value_name = "HOST:PORT")]
-    pub cluster_advertise: Option<String>,
-    /// An initial member, this node included; repeatable (the environment
-    /// variable takes a comma-separated list), replaces `cluster.peers`.
-    #[arg(
-        long = "peer",
-        env = "REGCACHE_PEERS",
-        value_name = "ID=HOST:PORT",
-        value_delimiter = ','
-    )]
-    pub peers: Vec<String>,
-    /// Snapshot the Raft log (and purge what it covers) every N entries.
-    #[arg(long, env = "REGCACHE_SNAPSHOT_EVERY", value_name = "N")]
-    pub snapshot_every: Option<u64>,
-}
-
-impl ClusterOverrides {
-    /// The file's `[cluster]` with these settings on top; the hostname's node
-    /// id is resolved with the rest of `[cluster]`, which can report errors.
-    pub(crate) fn apply(&self, mut raw: RawCluster) -> RawCluster {
-        if self.node_id.is_some() {
-            raw.node_id = self.node_id;
-        }
-        if self.cluster_listen.is_some() {
-            raw.listen.clone_from(&self.cluster_listen);
-        }
-        if self.cluster_advertise.is_some() {
-            raw.advertise.clone_from(&self.cluster_advertise);
-        }
-        if !self.peers.is_empty() {
-            raw.peers = Some(self.peers.clone());
-        }
-        if self.snapshot_every.is_some() {
-            raw.snapshot_every = self.snapshot_every;
-        }
-        raw
-    }
-}
-
-/// One `--upstream NAME=URL`, checked by the same rules as the file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UpstreamOverride {
-    pub name: String,
-    pub remote_url: url::Url,
-}
-
-impl FromStr for UpstreamOverride {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (name, url) = s.split_once('=').ok_or("expected NAME=URL")?;
-        check_upstream_name(name)?;
-        let remote_url = check_remote_url(url)?;
-        Ok(UpstreamOverride {
-            name: name.to_owned(),
-            remote_url,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -379,11 +237,19 @@ mod tests {
             ]
         );
         assert_eq!(c.snapshot_every, Some(500));
-        let cli = parse(&["index", "rebuild", "--node-id-from-hostname"]).unwrap();
-        let Command::Index(IndexCommand::Rebuild { overrides, .. }) = cli.command else {
+        let cli = parse(&[
+            "index",
+            "rebuild",
+            "--node-id-from-hostname",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let Command::Index(IndexCommand::Rebuild(args)) = cli.command else {
             panic!("not index rebuild: {cli:?}");
         };
-        assert!(overrides.cluster.node_id_from_hostname);
+        assert!(args.overrides.cluster.node_id_from_hostname);
+        assert_eq!(args.log_format, LogFormat::Json);
         for (args, expected) in [
             (
                 &["serve", "--node-id", "1", "--node-id-from-hostname"][..],
@@ -399,12 +265,13 @@ mod tests {
     }
 
     #[test]
-    fn config_check_takes_a_file() {
-        let cli = parse(&["config", "check", "regcache.toml"]).unwrap();
-        let Command::Config(ConfigCommand::Check { file }) = cli.command else {
+    fn config_check_takes_a_file_and_the_serve_overrides() {
+        let cli = parse(&["config", "check", "regcache.toml", "--listen", "127.0.0.1:5555"]).unwrap();
+        let Command::Config(ConfigCommand::Check { file, overrides }) = cli.command else {
             panic!("not config check: {cli:?}");
         };
-        assert_eq!(file, PathBuf::from("regcache.toml"));
+        assert_eq!(file, Some(PathBuf::from("regcache.toml")));
+        assert_eq!(overrides.listen, Some("127.0.0.1:5555".parse().unwrap()));
     }
 
     #[test]

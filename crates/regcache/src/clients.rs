@@ -7,9 +7,9 @@
 //! JSON.
 
 use std::path::Path;
-use std::process::ExitCode;
 
-use crate::cli::{ClientConfig, ServeOverrides};
+use crate::cli::ClientConfig;
+use crate::config::ServeOverrides;
 use crate::config::{self, check_remote_url, check_upstream_name};
 
 /// Where containerd looks for hosts.toml files once `config_path` names it.
@@ -24,13 +24,13 @@ struct Upstream {
 }
 
 /// Runs one `regcache config <client>` command.
-pub fn run(command: &ClientConfig) -> ExitCode {
-    let result = match command {
+pub fn run(command: &ClientConfig) -> anyhow::Result<()> {
+    match command {
         ClientConfig::Containerd {
             mirror,
             upstreams,
             dir: Some(dir),
-        } => write_hosts_files(dir, mirror, &upstreams.names),
+        } => write_hosts_files(dir, mirror, &upstreams.names).map_err(anyhow::Error::msg),
         ClientConfig::Containerd {
             mirror,
             upstreams,
@@ -50,13 +50,6 @@ pub fn run(command: &ClientConfig) -> ExitCode {
         ClientConfig::Docker { mirror } => {
             print!("{}", docker(mirror));
             Ok(())
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
         }
     }
 }
@@ -101,8 +94,8 @@ fn upstreams(names: &[String]) -> Vec<Upstream> {
         .upstreams
         .into_iter()
         .map(|u| Upstream {
-            server: u.remote_url.as_str().trim_end_matches('/').to_owned(),
-            name: u.name,
+            server: u.client.remote_url.as_str().trim_end_matches('/').to_owned(),
+            name: u.client.name,
         })
         .collect();
     if names.is_empty() {

@@ -2,29 +2,18 @@
 //! cluster port (membership changes find the leader by themselves).
 
 use std::fmt::Write as _;
-use std::process::ExitCode;
 
 use meta::GroupStatus;
 use meta::raft::admin::{self, AddNode, RemoveNode};
 
 use crate::cli::ClusterCommand;
 
-pub fn run(command: &ClusterCommand) -> ExitCode {
-    let result = tokio::runtime::Builder::new_current_thread()
+pub fn run(command: &ClusterCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(execute(command)));
-    match result {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+        .build()?;
+    print!("{}", runtime.block_on(execute(command))?);
+    Ok(())
 }
 
 async fn execute(command: &ClusterCommand) -> anyhow::Result<String> {

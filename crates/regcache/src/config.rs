@@ -6,6 +6,7 @@
 
 mod cluster;
 mod fields;
+mod overrides;
 mod raw;
 mod render;
 mod storage;
@@ -23,13 +24,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use upstream::Secret;
-
-use crate::cli::ServeOverrides;
+use upstream::UpstreamConfig;
 
 pub use cluster::ClusterConfig;
 pub(crate) use fields::{check_remote_url, check_upstream_name};
-pub(crate) use raw::{RawCluster, RawStorage};
+pub use overrides::{ClusterOverrides, ServeOverrides, StorageOverrides, UpstreamOverride};
 pub use render::render_redacted;
 pub use storage::{StorageConfig, StorageKind};
 
@@ -60,22 +59,16 @@ pub struct CacheConfig {
     pub memory_object_max: u64,
 }
 
-/// One upstream registry, as the `upstream` crate needs it plus its tag TTL.
+/// One upstream registry: how the `upstream` crate reaches it, plus what
+/// only the cache and the config need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamConfigEntry {
-    /// Registry host clients use, e.g. `quay.io`.
-    pub name: String,
-    pub remote_url: url::Url,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    /// Where `password` was read from, so it can be shown without the value.
+    pub client: UpstreamConfig,
+    /// Where `client.password` was read from, so it can be shown without
+    /// the value.
     pub password_source: Option<PasswordSource>,
-    pub http_proxy: Option<url::Url>,
-    pub https_proxy: Option<url::Url>,
     /// Overrides `cache.tag_ttl` for this upstream.
     pub tag_ttl: Option<Duration>,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
 }
 
 /// Where an upstream password came from.

@@ -10,63 +10,52 @@ mod serve;
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{Cli, Command, ConfigCommand, IndexCommand, LogFormat};
+use cli::{Cli, Command, ConfigCommand, IndexCommand, LogFormat, ReplicaArgs};
 use metrics_exporter_prometheus::Matcher;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Config(ConfigCommand::Check { file }) => {
-            match config::load(Some(&file), &Default::default()) {
-                Ok(cfg) => {
-                    print!("{}", config::render_redacted(&cfg));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+    let result = match cli.command {
+        Command::Config(ConfigCommand::Check { file, overrides }) => {
+            config::load(file.as_deref(), &overrides)
+                .map(|cfg| print!("{}", config::render_redacted(&cfg)))
+                .map_err(anyhow::Error::from)
         }
         Command::Config(ConfigCommand::Client(command)) => clients::run(&command),
         Command::Cluster(command) => cluster::run(&command),
-        Command::Index(IndexCommand::Rebuild { config, overrides }) => {
-            init_logging(LogFormat::Text);
-            let result = config::load(config.as_deref(), &overrides)
-                .map_err(anyhow::Error::from)
-                .and_then(|cfg| {
-                    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-                    runtime.block_on(rebuild::run(&cfg))
-                });
-            match result {
-                Ok(report) => {
-                    println!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Serve(args) => {
-            init_logging(args.log_format);
-            let cfg = match config::load(args.config.as_deref(), &args.overrides) {
-                Ok(cfg) => cfg,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match run_serve(cfg) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "regcache failed");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Index(IndexCommand::Rebuild(args)) => load(&args).and_then(|cfg| {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            println!("{}", runtime.block_on(rebuild::run(&cfg))?);
+            Ok(())
+        }),
+        Command::Serve(args) => load(&args).and_then(run_serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            ExitCode::FAILURE
         }
     }
+}
+
+/// Starts logging and loads the replica's configuration.
+fn load(args: &ReplicaArgs) -> anyhow::Result<config::Config> {
+    init_logging(args.log_format);
+    Ok(config::load(args.config.as_deref(), &args.overrides)?)
+}
+
+/// An error and each of its causes whose message it does not already
+/// contain, on one line.
+fn report(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line
 }
 
 fn run_serve(cfg: config::Config) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use std::fmt;
 use std::time::UNIX_EPOCH;
 
 use anyhow::Context as _;
-use cache::Objects;
+use cache::ObjectTier;
 use meta::{Command, Entry, Meta};
 use objstore::{ObjectInfo, ObjectKind, ObjectStore};
 use oci::{Digest, parse_manifest};
@@ -54,7 +54,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let meta = Meta::open_offline(&meta_dir).context(
         "the index can only be rebuilt where the metadata was lost: this replica still has its raft state",
     )?;
-    let objects = Objects::new(store);
+    let objects = ObjectTier::new(store);
     let mut report = newest.report;
     for ((kind, digest), object) in newest.objects {
         let entry = match kind {
@@ -122,7 +122,12 @@ async fn newest_objects(store: &ObjectStore) -> anyhow::Result<Newest> {
 }
 
 /// Reads, verifies and parses one manifest object.
-async fn manifest_entry(objects: &Objects, digest: &Digest, object: ObjectInfo, max: u64) -> Option<Entry> {
+async fn manifest_entry(
+    objects: &ObjectTier,
+    digest: &Digest,
+    object: ObjectInfo,
+    max: u64,
+) -> Option<Entry> {
     let last_access = unix_secs(&object);
     let (key, bytes) = objects
         .read_small(ObjectKind::Manifest, digest, Some(object.key.clone()), max)

@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
-use cache::{Cache, CacheSettings, Objects, Source};
-use meta::{GroupSettings, Meta};
+use cache::{Cache, CacheSettings, ObjectTier, Remote};
+use meta::Meta;
 use metrics_exporter_prometheus::PrometheusHandle;
-use objstore::{FsStore, ObjectStore, S3Config, S3Store, S3Timeouts};
+use objstore::{FsStore, ObjectStore, S3Store};
 use server::{AppState, Routes};
 use store::{DiskStore, MemoryStore};
 use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
-use upstream::{Upstream, UpstreamConfig};
+use upstream::Upstream;
 
 use crate::config::{Config, StorageConfig, StorageKind};
 
@@ -40,19 +40,10 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
 
     let mut sources = Vec::new();
     for entry in &config.upstreams {
-        let upstream = Upstream::new(UpstreamConfig {
-            name: entry.name.clone(),
-            remote_url: entry.remote_url.clone(),
-            username: entry.username.clone(),
-            password: entry.password.clone(),
-            http_proxy: entry.http_proxy.clone(),
-            https_proxy: entry.https_proxy.clone(),
-            connect_timeout: entry.connect_timeout,
-            read_timeout: entry.read_timeout,
-        })
-        .with_context(|| format!("upstream {}", entry.name))?;
+        let upstream =
+            Upstream::new(entry.client.clone()).with_context(|| format!("upstream {}", entry.client.name))?;
         let tag_ttl = entry.tag_ttl.unwrap_or(config.cache.tag_ttl);
-        sources.push(Source { upstream, tag_ttl });
+        sources.push(Remote { upstream, tag_ttl });
     }
     let routes = Routes::new(sources, &config.default_upstream)
         .with_context(|| format!("default upstream {} is not configured", config.default_upstream))?;
@@ -95,7 +86,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         data_dir = %config.data_dir.display(),
         storage,
         upstreams = config.upstreams.len(),
-        node_id = config.cluster.node_id,
+        node_id = config.cluster.group.node_id,
         cluster_listen = ?config.cluster.listen,
         "regcache serving"
     );
@@ -133,14 +124,7 @@ pub fn meta_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// This replica's member of the metadata group.
 async fn start_meta(config: &Config) -> anyhow::Result<Meta> {
-    let cluster = &config.cluster;
-    let settings = GroupSettings {
-        node_id: cluster.node_id,
-        advertise: cluster.advertise.clone(),
-        peers: cluster.peers.clone(),
-        snapshot_every: cluster.snapshot_every,
-    };
-    Meta::start(&meta_dir(&config.data_dir)?, &settings)
+    Meta::start(&meta_dir(&config.data_dir)?, &config.cluster.group)
         .await
         .context("starting the metadata group")
 }
@@ -179,29 +163,19 @@ pub async fn object_store(storage: &StorageConfig) -> anyhow::Result<Option<Obje
             FsStore::new(path).with_context(|| format!("opening object directory {}", path.display()))?,
         ),
         StorageKind::S3(s3) => ObjectStore::S3(
-            S3Store::new(S3Config {
-                bucket: s3.bucket.clone(),
-                prefix: s3.prefix.clone(),
-                endpoint: s3
-                    .endpoint
-                    .as_ref()
-                    .map(|u| u.as_str().trim_end_matches('/').to_owned()),
-                region: s3.region.clone(),
-                force_path_style: s3.force_path_style,
-                timeouts: S3Timeouts::default(),
-            })
-            .await
-            .context("configuring the s3 client")?,
+            S3Store::new(s3.clone())
+                .await
+                .context("configuring the s3 client")?,
         ),
     };
     Ok(Some(store))
 }
 
-async fn object_tier(storage: &StorageConfig) -> anyhow::Result<Option<Arc<Objects>>> {
+async fn object_tier(storage: &StorageConfig) -> anyhow::Result<Option<Arc<ObjectTier>>> {
     let Some(store) = object_store(storage).await? else {
         return Ok(None);
     };
-    let objects = Arc::new(Objects::new(store));
+    let objects = Arc::new(ObjectTier::new(store));
     objects.spawn_stale_upload_sweeper(storage.abort_uploads_after);
     Ok(Some(objects))
 }

@@ -1,6 +1,7 @@
 //! `regcache config check` through the real binary: valid files print the
 //! effective configuration with secrets redacted, invalid ones exit 1 with
-//! an error naming the file and the field.
+//! an error naming the file and the field; flags and `REGCACHE_*` variables
+//! apply as they do for `serve`.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -92,4 +93,42 @@ fn a_bad_file_exits_1_naming_file_and_field() {
             "{text:?}: no path in {stderr}"
         );
     }
+}
+
+#[test]
+fn check_shows_what_serve_would_run_with_variables_and_flags_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "regcache.toml", "listen = \"127.0.0.1:5000\"\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(["config", "check", "--data-dir", "/srv/from-flag"])
+        .env("REGCACHE_CONFIG", &config)
+        .env("REGCACHE_LISTEN", "127.0.0.1:6000")
+        .env("REGCACHE_NODE_ID", "3")
+        .env("REGCACHE_CLUSTER_LISTEN", "127.0.0.1:6001")
+        .env("REGCACHE_PEERS", "3=127.0.0.1:6001")
+        .output()
+        .expect("running regcache");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for expected in [
+        "listen = \"127.0.0.1:6000\"",
+        "data_dir = \"/srv/from-flag\"",
+        "node_id = 3",
+        "listen = \"127.0.0.1:6001\"",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in\n{stdout}");
+    }
+
+    // A missing file is named, with the reason once.
+    let out = Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(["config", "check", "/nonexistent/regcache.toml"])
+        .output()
+        .expect("running regcache");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: reading /nonexistent/regcache.toml"),
+        "{stderr}"
+    );
 }

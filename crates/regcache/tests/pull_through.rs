@@ -199,7 +199,15 @@ fn warm_cache_survives_a_restart() {
     expected.push(image.config_digest.clone());
 
     skopeo_pull(&cache, "keep:v1", tempfile::tempdir().unwrap().path());
+    cache.wait_for_downloads();
+    let disk_bytes = common::metric(&common::metrics(&cache), "regcache_disk_bytes", "");
+    assert!(disk_bytes > 500_000.0, "{disk_bytes}");
     let cache = cache.restart();
+    assert_eq!(
+        common::metric(&common::metrics(&cache), "regcache_disk_bytes", ""),
+        disk_bytes,
+        "the disk tier's size is known from the start"
+    );
     registry.clear_log();
     let dest = tempfile::tempdir().unwrap();
     skopeo_pull(&cache, "keep:v1", dest.path());

@@ -66,9 +66,12 @@ impl ApiError {
             | CacheError::ManifestDigestMismatch { .. }) => {
                 ApiError::new(ErrorCode::Unknown, e.to_string()).with_status(StatusCode::BAD_GATEWAY)
             }
-            // The client's retry goes to the upstream while the store is bypassed.
-            e @ CacheError::ObjectStore(_) => ApiError::new(ErrorCode::Unavailable, e.to_string()),
-            e @ (CacheError::Store(_) | CacheError::Meta(_)) => {
+            // The client's retry goes to the upstream while the store is
+            // bypassed, or starts the download afresh.
+            e @ (CacheError::ObjectStore(_) | CacheError::Vanished { .. } | CacheError::DownloadAborted) => {
+                ApiError::new(ErrorCode::Unavailable, e.to_string())
+            }
+            e @ (CacheError::Store(_) | CacheError::Meta(_) | CacheError::LocalIo { .. }) => {
                 tracing::error!(error = %e, "internal error");
                 ApiError::new(ErrorCode::Unknown, "internal error")
             }
@@ -107,5 +110,74 @@ impl IntoResponse for ApiError {
             headers.insert(header::CONTENT_RANGE, range);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use cache::CacheError;
+    use http::StatusCode;
+    use oci::{Digest, ErrorCode};
+    use upstream::UpstreamError;
+
+    use super::{ApiError, Subject};
+
+    fn mapped(error: CacheError) -> (StatusCode, ErrorCode) {
+        let api = ApiError::from_cache(&error, Subject::Blob);
+        (api.status, api.code)
+    }
+
+    fn digest() -> Digest {
+        Digest::sha256_of(b"blob")
+    }
+
+    #[test]
+    fn the_upstream_is_blamed_only_for_what_it_sent() {
+        let bad_gateway = (StatusCode::BAD_GATEWAY, ErrorCode::Unknown);
+        assert_eq!(mapped(CacheError::UpstreamBody("cut".into())), bad_gateway);
+        let mismatch = CacheError::ManifestDigestMismatch {
+            expected: digest(),
+            actual: Digest::sha256_of(b"other"),
+        };
+        assert_eq!(mapped(mismatch), bad_gateway);
+        assert_eq!(
+            mapped(CacheError::Upstream(UpstreamError::TooManyRequests {
+                retry_after: Some(Duration::from_secs(3)),
+            })),
+            (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
+        );
+    }
+
+    #[test]
+    fn a_local_disk_failure_is_an_internal_error() {
+        let error = CacheError::LocalIo {
+            digest: digest(),
+            source: std::io::Error::other("disk on fire"),
+        };
+        let api = ApiError::from_cache(&error, Subject::Blob);
+        assert_eq!(
+            (api.status, api.code),
+            (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown)
+        );
+        assert_eq!(api.message, "internal error", "local details stay in the log");
+    }
+
+    #[test]
+    fn what_a_retry_fixes_is_unavailable() {
+        let unavailable = (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable);
+        assert_eq!(mapped(CacheError::Vanished { digest: digest() }), unavailable);
+        assert_eq!(mapped(CacheError::DownloadAborted), unavailable);
+        let shared = CacheError::Download(Arc::new(CacheError::DownloadAborted));
+        assert_eq!(mapped(shared), unavailable, "followers get the download's error");
+    }
+
+    #[test]
+    fn an_unsatisfiable_range_says_the_size() {
+        let api = ApiError::from_cache(&CacheError::RangeNotSatisfiable { size: 10 }, Subject::Blob);
+        assert_eq!(api.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(api.content_range.as_deref(), Some("bytes */10"));
     }
 }

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cache::Source;
+use cache::Remote;
 use oci::{ErrorCode, RepoName};
 
 use crate::error::ApiError;
@@ -42,20 +42,20 @@ pub fn unsupported() -> ApiError {
 
 /// The upstreams by the registry host clients use, and the default.
 pub struct Routes {
-    sources: HashMap<String, Arc<Source>>,
-    default: Arc<Source>,
+    sources: HashMap<String, Arc<Remote>>,
+    default: Arc<Remote>,
 }
 
 /// Where a request goes: the upstream and the repository name there.
 pub struct Target {
-    pub source: Arc<Source>,
+    pub source: Arc<Remote>,
     pub repo: RepoName,
 }
 
 impl Routes {
     /// `default` must name one of `sources` (the config loader checks it).
-    pub fn new(sources: Vec<Source>, default: &str) -> Option<Routes> {
-        let sources: HashMap<String, Arc<Source>> = sources
+    pub fn new(sources: Vec<Remote>, default: &str) -> Option<Routes> {
+        let sources: HashMap<String, Arc<Remote>> = sources
             .into_iter()
             .map(|s| (s.upstream.name().to_owned(), Arc::new(s)))
             .collect();

@@ -45,6 +45,7 @@ impl DiskStore {
             lru.insert(digest, size);
         }
         info!(blobs = lru.len(), bytes = lru.total_bytes(), dir = %dir.display(), "disk tier opened");
+        metrics::gauge!("regcache_disk_bytes").set(lru.total_bytes() as f64);
         Ok(DiskStore {
             inner: Arc::new(Inner {
                 blobs,

@@ -11,7 +11,7 @@ use oci::RepoName;
 use url::Url;
 
 use crate::auth::{Auth, Credential};
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, remote_url_problem};
 use crate::error::UpstreamError;
 use crate::{challenge, retry, telemetry};
 
@@ -53,23 +53,10 @@ impl fmt::Debug for Upstream {
     }
 }
 
-/// Checks `remote_url` and gives it a trailing slash. Credentials in the URL
-/// are refused: they would end up in logs and in every request line.
+/// Checks `remote_url` and gives it a trailing slash.
 fn base_url(remote: &Url) -> Result<Url, UpstreamError> {
-    if !matches!(remote.scheme(), "http" | "https") || remote.host_str().is_none() {
-        return Err(UpstreamError::Config(
-            "remote url must be http(s) with a host".into(),
-        ));
-    }
-    if !remote.username().is_empty() || remote.password().is_some() {
-        return Err(UpstreamError::Config(
-            "remote url must not contain credentials".into(),
-        ));
-    }
-    if remote.query().is_some() || remote.fragment().is_some() {
-        return Err(UpstreamError::Config(
-            "remote url must not have a query or fragment".into(),
-        ));
+    if let Some(problem) = remote_url_problem(remote) {
+        return Err(UpstreamError::Config(format!("remote url {problem}")));
     }
     let mut base = remote.clone();
     if !base.path().ends_with('/') {

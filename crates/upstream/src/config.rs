@@ -36,7 +36,7 @@ impl fmt::Display for Secret {
 }
 
 /// How to reach one upstream registry.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// Registry host clients use, e.g. `quay.io`; only a label for logs and
     /// metrics.
@@ -55,6 +55,25 @@ pub struct UpstreamConfig {
     /// Idle read timeout: the longest wait for the next byte, headers
     /// included. There is no total timeout because blobs can be huge.
     pub read_timeout: Duration,
+}
+
+/// Why `url` cannot be an upstream's remote URL, if it cannot. Credentials
+/// are refused because they would end up in logs and in every request
+/// line; they belong in `username` and `password`.
+pub fn remote_url_problem(url: &url::Url) -> Option<&'static str> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Some("scheme must be http or https");
+    }
+    if url.host_str().is_none() {
+        return Some("must have a host");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Some("must not contain credentials");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Some("must not have a query or fragment");
+    }
+    None
 }
 
 #[cfg(test)]

@@ -18,6 +18,6 @@ mod retry;
 mod telemetry;
 
 pub use client::Upstream;
-pub use config::{Secret, UpstreamConfig};
+pub use config::{Secret, UpstreamConfig, remote_url_problem};
 pub use error::UpstreamError;
 pub use ops::{BlobStream, FetchedManifest, ManifestHead, TagsPage};

@@ -45,7 +45,7 @@ fn default_is_every_builtin_upstream() {
         .unwrap()
         .upstreams
         .into_iter()
-        .map(|u| u.name)
+        .map(|u| u.client.name)
         .collect();
     let listed: Vec<String> = upstreams(&[]).into_iter().map(|u| u.name).collect();
     assert_eq!(listed, builtin);

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use meta::GroupSettings;
+
 use super::fields::{self, AtField, FieldError};
 use super::raw::RawCluster;
-use crate::cli::ClusterOverrides;
+use crate::config::ClusterOverrides;
 
 const DEFAULT_NODE_ID: u64 = 1;
-const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 /// Fewer entries would snapshot (and purge the log) all the time.
 const MIN_SNAPSHOT_EVERY: u64 = 10;
 /// The largest TOML integer: `config check` output must load back.
@@ -19,19 +20,13 @@ const MAX_INTEGER: u64 = i64::MAX as u64;
 /// This replica's place in the Raft metadata group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// Raft node id, >= 1. Default 1.
-    pub node_id: u64,
     /// gRPC listener for Raft and peer traffic; None = no listener (a group
     /// of one that cannot be grown until one is configured).
     pub listen: Option<SocketAddr>,
-    /// host:port peers use to reach this node ("" when there is no listener).
-    pub advertise: String,
-    /// The initial members, this node included, id -> host:port. Empty = a
-    /// group of one.
-    pub peers: BTreeMap<u64, String>,
-    /// Build a Raft snapshot (and purge the log it covers) every this many
-    /// log entries. Default 10000, must be >= 10.
-    pub snapshot_every: u64,
+    /// This member's place in the group: node id (default 1), the address
+    /// peers reach it at ("" without a listener), the initial members
+    /// (empty: a group of one), and how often to snapshot (>= 10).
+    pub group: GroupSettings,
 }
 
 pub(super) fn cluster(raw: RawCluster, overrides: &ClusterOverrides) -> Result<ClusterConfig, FieldError> {
@@ -57,7 +52,9 @@ pub(super) fn resolve(
     }
     let node_id = raw.node_id.unwrap_or(DEFAULT_NODE_ID);
     check_id(node_id).at("cluster.node_id")?;
-    let snapshot_every = raw.snapshot_every.unwrap_or(DEFAULT_SNAPSHOT_EVERY);
+    let snapshot_every = raw
+        .snapshot_every
+        .unwrap_or(GroupSettings::DEFAULT_SNAPSHOT_EVERY);
     if !(MIN_SNAPSHOT_EVERY..=MAX_INTEGER).contains(&snapshot_every) {
         return Err(FieldError::new(
             "cluster.snapshot_every",
@@ -118,11 +115,13 @@ pub(super) fn resolve(
         },
     };
     Ok(ClusterConfig {
-        node_id,
         listen,
-        advertise,
-        peers,
-        snapshot_every,
+        group: GroupSettings {
+            node_id,
+            advertise,
+            peers,
+            snapshot_every,
+        },
     })
 }
 

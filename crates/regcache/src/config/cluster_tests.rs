@@ -6,14 +6,17 @@ use super::cluster::{node_id_from_hostname, resolve};
 use super::raw::RawCluster;
 use super::tests::{assert_section_errors, load_str, write};
 use super::*;
-use crate::cli::ClusterOverrides;
+use crate::config::ClusterOverrides;
+use meta::GroupSettings;
 
 const DEFAULT: ClusterConfig = ClusterConfig {
-    node_id: 1,
     listen: None,
-    advertise: String::new(),
-    peers: BTreeMap::new(),
-    snapshot_every: 10_000,
+    group: GroupSettings {
+        node_id: 1,
+        advertise: String::new(),
+        peers: BTreeMap::new(),
+        snapshot_every: GroupSettings::DEFAULT_SNAPSHOT_EVERY,
+    },
 };
 
 const THREE: &str = r#"peers = ["1=regcache-0.regcache-peers:5001", "2=regcache-1.regcache-peers:5001", "3=regcache-2.regcache-peers:5001"]"#;
@@ -66,15 +69,17 @@ fn cluster_with_every_field() {
     assert_eq!(
         cfg.cluster,
         ClusterConfig {
-            node_id: 2,
             listen: Some("0.0.0.0:5001".parse().unwrap()),
-            advertise: "regcache-1.regcache-peers:5001".into(),
-            peers: peers(&[
-                (1, "regcache-0.regcache-peers:5001"),
-                (2, "regcache-1.regcache-peers:5001"),
-                (3, "regcache-2.regcache-peers:5001"),
-            ]),
-            snapshot_every: 500,
+            group: GroupSettings {
+                node_id: 2,
+                advertise: "regcache-1.regcache-peers:5001".into(),
+                peers: peers(&[
+                    (1, "regcache-0.regcache-peers:5001"),
+                    (2, "regcache-1.regcache-peers:5001"),
+                    (3, "regcache-2.regcache-peers:5001"),
+                ]),
+                snapshot_every: 500,
+            },
         }
     );
     // A listener without peers: a group of one that can be grown.
@@ -83,8 +88,10 @@ fn cluster_with_every_field() {
         cfg.cluster,
         ClusterConfig {
             listen: Some("10.0.0.7:5001".parse().unwrap()),
-            advertise: "10.0.0.7:5001".into(),
-            ..DEFAULT
+            group: GroupSettings {
+                advertise: "10.0.0.7:5001".into(),
+                ..DEFAULT.group
+            },
         }
     );
 }
@@ -128,9 +135,12 @@ fn node_id_from_hostname_flag() {
     let peers3 = format!("listen = \"0.0.0.0:5001\"\n{THREE}");
     // The hostname wins over the file's node_id and picks this node's entry.
     let cfg = resolve_on(Some("regcache-2"), &format!("node_id = 1\n{peers3}"), &flag).unwrap();
-    assert_eq!(cfg.node_id, 3);
-    assert_eq!(cfg.advertise, "regcache-2.regcache-peers:5001");
-    assert_eq!(resolve_on(Some("regcache-0"), "", &flag).unwrap().node_id, 1);
+    assert_eq!(cfg.group.node_id, 3);
+    assert_eq!(cfg.group.advertise, "regcache-2.regcache-peers:5001");
+    assert_eq!(
+        resolve_on(Some("regcache-0"), "", &flag).unwrap().group.node_id,
+        1
+    );
     for (hostname, expected) in [
         (
             Some("web-a"),
@@ -166,27 +176,27 @@ fn advertise_defaults() {
     let on_host = |body: &str| resolve_on(Some("node-a"), body, &none);
     // This node's entry in peers, even for a wildcard listener.
     let cfg = on_host(&format!("node_id = 3\nlisten = \"0.0.0.0:5001\"\n{THREE}")).unwrap();
-    assert_eq!(cfg.advertise, "regcache-2.regcache-peers:5001");
+    assert_eq!(cfg.group.advertise, "regcache-2.regcache-peers:5001");
     // Else a listener's specific address, IPv6 in brackets.
     assert_eq!(
-        on_host("listen = \"10.1.2.3:5001\"").unwrap().advertise,
+        on_host("listen = \"10.1.2.3:5001\"").unwrap().group.advertise,
         "10.1.2.3:5001"
     );
     assert_eq!(
-        on_host("listen = \"[fd00::7]:5001\"").unwrap().advertise,
+        on_host("listen = \"[fd00::7]:5001\"").unwrap().group.advertise,
         "[fd00::7]:5001"
     );
     // Else the hostname with the listener's port.
     assert_eq!(
-        on_host("listen = \"0.0.0.0:5001\"").unwrap().advertise,
+        on_host("listen = \"0.0.0.0:5001\"").unwrap().group.advertise,
         "node-a:5001"
     );
     assert_eq!(
-        on_host("listen = \"[::]:7000\"").unwrap().advertise,
+        on_host("listen = \"[::]:7000\"").unwrap().group.advertise,
         "node-a:7000"
     );
     // Nothing without a listener.
-    assert_eq!(on_host("node_id = 5").unwrap().advertise, "");
+    assert_eq!(on_host("node_id = 5").unwrap().group.advertise, "");
     let err = resolve_on(None, "listen = \"0.0.0.0:5001\"", &none).unwrap_err();
     assert!(
         err.starts_with("cluster.advertise: is required: cluster.listen (0.0.0.0:5001) names no address"),
@@ -199,13 +209,13 @@ fn advertise_defaults() {
         &none,
     )
     .unwrap();
-    assert_eq!(cfg.advertise, "lb.example:6001");
+    assert_eq!(cfg.group.advertise, "lb.example:6001");
     // Matching this node's entry, host names compared without case.
     let cfg = on_host(&format!(
         "node_id = 2\nlisten = \"0.0.0.0:5001\"\nadvertise = \"Regcache-1.regcache-peers:5001\"\n{THREE}"
     ))
     .unwrap();
-    assert_eq!(cfg.advertise, "Regcache-1.regcache-peers:5001");
+    assert_eq!(cfg.group.advertise, "Regcache-1.regcache-peers:5001");
 }
 
 /// Each bad `[cluster]` body and the text its error must contain.
@@ -297,18 +307,19 @@ fn good_peer_entries_load() {
     )
     .unwrap();
     assert_eq!(
-        cfg.cluster.peers,
+        cfg.cluster.group.peers,
         peers(&[
             (7, "[fd00::7]:5001"),
             (8, "regcache-1.regcache-peers.ns.svc:65535"),
             (10, "10.0.0.10:5001"),
         ])
     );
-    assert_eq!(cfg.cluster.advertise, "[fd00::7]:5001");
+    assert_eq!(cfg.cluster.group.advertise, "[fd00::7]:5001");
     assert_eq!(
         load_str("[cluster]\nsnapshot_every = 10\n")
             .unwrap()
             .cluster
+            .group
             .snapshot_every,
         10
     );
@@ -368,11 +379,11 @@ fn cluster_flags_win_over_the_file() {
         }),
     )
     .unwrap();
-    assert_eq!(cfg.cluster.node_id, 2);
+    assert_eq!(cfg.cluster.group.node_id, 2);
     assert_eq!(cfg.cluster.listen, Some("10.0.0.2:5001".parse().unwrap()));
-    assert_eq!(cfg.cluster.advertise, "regcache-1.regcache-peers:5001");
-    assert_eq!(cfg.cluster.peers.len(), 3);
-    assert_eq!(cfg.cluster.snapshot_every, 20);
+    assert_eq!(cfg.cluster.group.advertise, "regcache-1.regcache-peers:5001");
+    assert_eq!(cfg.cluster.group.peers.len(), 3);
+    assert_eq!(cfg.cluster.group.snapshot_every, 20);
     // Every flag: --peer replaces the file's list rather than adding to it.
     let all = with_cluster(ClusterOverrides {
         node_id: Some(5),
@@ -383,11 +394,13 @@ fn cluster_flags_win_over_the_file() {
         snapshot_every: Some(1000),
     });
     let want = ClusterConfig {
-        node_id: 5,
         listen: Some("127.0.0.1:7001".parse().unwrap()),
-        advertise: "127.0.0.1:7001".into(),
-        peers: peers(&[(5, "127.0.0.1:7001"), (6, "127.0.0.1:7002")]),
-        snapshot_every: 1000,
+        group: GroupSettings {
+            node_id: 5,
+            advertise: "127.0.0.1:7001".into(),
+            peers: peers(&[(5, "127.0.0.1:7001"), (6, "127.0.0.1:7002")]),
+            snapshot_every: 1000,
+        },
     };
     assert_eq!(load(Some(file.path()), &all).unwrap().cluster, want);
     // The same on top of the embedded default.
@@ -518,6 +531,9 @@ fn documented_cluster_example_loads() {
     let table = &example[example.find("\n[cluster]\n").unwrap()..];
     let table = &table[..table[1..].find("\n[").map_or(table.len(), |end| end + 1)];
     let cfg = load_str(table).unwrap_or_else(|e| panic!("{table}\n{e}"));
-    assert_eq!(cfg.cluster.peers.len(), 3, "{table}");
-    assert_eq!(cfg.cluster.advertise, cfg.cluster.peers[&cfg.cluster.node_id]);
+    assert_eq!(cfg.cluster.group.peers.len(), 3, "{table}");
+    assert_eq!(
+        cfg.cluster.group.advertise,
+        cfg.cluster.group.peers[&cfg.cluster.group.node_id]
+    );
 }

@@ -87,14 +87,15 @@ pub(crate) fn check_upstream_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The URL regcache contacts for an upstream; credentials belong in
-/// `username` and `password_file`/`password_env`, never in the URL.
+/// The URL regcache contacts for an upstream, by the `upstream` crate's
+/// rules; credentials belong in `username` and `password_file` or
+/// `password_env`, never in the URL.
 pub(crate) fn check_remote_url(text: &str) -> Result<Url, String> {
-    let url = http_url(text)?;
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("must not have a query or fragment".to_owned());
+    let url = Url::parse(text).map_err(|e| format!("invalid url {text:?}: {e}"))?;
+    match upstream::remote_url_problem(&url) {
+        Some(problem) => Err(problem.to_owned()),
+        None => Ok(url),
     }
-    Ok(url)
 }
 
 /// An http(s) URL without credentials: those would show wherever the URL

@@ -130,7 +130,7 @@ fn storage(s: &StorageConfig) -> RenderedStorage<'_> {
             rendered.kind = "s3";
             rendered.bucket = Some(&s3.bucket);
             rendered.prefix = Some(&s3.prefix);
-            rendered.endpoint = s3.endpoint.as_ref().map(url::Url::as_str);
+            rendered.endpoint = s3.endpoint.as_deref();
             rendered.region = Some(&s3.region);
             rendered.force_path_style = Some(s3.force_path_style);
         }
@@ -139,12 +139,17 @@ fn storage(s: &StorageConfig) -> RenderedStorage<'_> {
 }
 
 fn cluster(c: &ClusterConfig) -> RenderedCluster<'_> {
+    let group = &c.group;
     RenderedCluster {
-        node_id: c.node_id,
+        node_id: group.node_id,
         listen: c.listen.map(|l| l.to_string()),
-        advertise: c.listen.map(|_| c.advertise.as_str()),
-        peers: c.peers.iter().map(|(id, addr)| format!("{id}={addr}")).collect(),
-        snapshot_every: c.snapshot_every,
+        advertise: c.listen.map(|_| group.advertise.as_str()),
+        peers: group
+            .peers
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect(),
+        snapshot_every: group.snapshot_every,
     }
 }
 
@@ -154,18 +159,19 @@ fn upstream(u: &UpstreamConfigEntry) -> RenderedUpstream<'_> {
         Some(PasswordSource::Env(var)) => (None, Some(var.as_str())),
         None => (None, None),
     };
+    let c = &u.client;
     RenderedUpstream {
-        name: &u.name,
-        remote_url: u.remote_url.as_str(),
-        username: u.username.as_deref(),
-        password: u.password.as_ref().map(|_| "[redacted]"),
+        name: &c.name,
+        remote_url: c.remote_url.as_str(),
+        username: c.username.as_deref(),
+        password: c.password.as_ref().map(|_| "[redacted]"),
         password_file,
         password_env,
-        http_proxy: u.http_proxy.as_ref().map(url::Url::as_str),
-        https_proxy: u.https_proxy.as_ref().map(url::Url::as_str),
+        http_proxy: c.http_proxy.as_ref().map(url::Url::as_str),
+        https_proxy: c.https_proxy.as_ref().map(url::Url::as_str),
         tag_ttl: u.tag_ttl.map(duration),
-        connect_timeout: duration(u.connect_timeout),
-        read_timeout: duration(u.read_timeout),
+        connect_timeout: duration(c.connect_timeout),
+        read_timeout: duration(c.read_timeout),
     }
 }
 

@@ -5,9 +5,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use objstore::{S3Config, S3Timeouts};
+
 use super::fields::{self, AtField, FieldError};
 use super::raw::RawStorage;
-use crate::cli::StorageOverrides;
+use crate::config::StorageOverrides;
 
 /// Multipart uploads this old were left by a replica that crashed.
 const DEFAULT_ABORT_UPLOADS_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -30,16 +32,7 @@ pub enum StorageKind {
     Fs {
         path: Option<PathBuf>,
     },
-    S3(S3Storage),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct S3Storage {
-    pub bucket: String,
-    pub prefix: String,
-    pub endpoint: Option<url::Url>,
-    pub region: String,
-    pub force_path_style: bool,
+    S3(S3Config),
 }
 
 pub(super) fn storage(raw: RawStorage, overrides: &StorageOverrides) -> Result<StorageConfig, FieldError> {
@@ -87,7 +80,10 @@ pub(super) fn storage(raw: RawStorage, overrides: &StorageOverrides) -> Result<S
             let prefix = raw.prefix.unwrap_or_default();
             check_prefix(&prefix).at("storage.prefix")?;
             let endpoint = match &raw.endpoint {
-                Some(text) => Some(fields::http_url(text).at("storage.endpoint")?),
+                Some(text) => {
+                    let url = fields::http_url(text).at("storage.endpoint")?;
+                    Some(url.as_str().trim_end_matches('/').to_owned())
+                }
                 None => None,
             };
             let region = raw
@@ -96,12 +92,13 @@ pub(super) fn storage(raw: RawStorage, overrides: &StorageOverrides) -> Result<S
                 .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
                 .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| FALLBACK_REGION.to_owned());
-            StorageKind::S3(S3Storage {
+            StorageKind::S3(S3Config {
                 bucket,
                 prefix,
                 endpoint,
                 region,
                 force_path_style: raw.force_path_style.unwrap_or(false),
+                timeouts: S3Timeouts::default(),
             })
         }
         other => {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::tests::{assert_section_errors, load_str, write};
 use super::*;
-use crate::cli::StorageOverrides;
+use crate::config::StorageOverrides;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -16,12 +16,13 @@ fn s3(
     region: &str,
     force_path_style: bool,
 ) -> StorageKind {
-    StorageKind::S3(super::storage::S3Storage {
+    StorageKind::S3(objstore::S3Config {
         bucket: bucket.to_owned(),
         prefix: prefix.to_owned(),
-        endpoint: endpoint.map(|e| url::Url::parse(e).unwrap()),
+        endpoint: endpoint.map(str::to_owned),
         region: region.to_owned(),
         force_path_style,
+        timeouts: objstore::S3Timeouts::default(),
     })
 }
 
@@ -312,7 +313,7 @@ fn rendered_storage_loads_back_to_the_same_config() {
                 "kind = \"s3\"",
                 "bucket = \"my-cache\"",
                 "prefix = \"regcache/prod\"",
-                "endpoint = \"http://127.0.0.1:8333/\"",
+                "endpoint = \"http://127.0.0.1:8333\"",
                 "region = \"eu-west-1\"",
                 "force_path_style = true",
                 "abort_uploads_after = \"6h\"",

@@ -3,7 +3,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
-use crate::cli::UpstreamOverride;
+use crate::config::UpstreamOverride;
+use upstream::Secret;
 
 pub(super) fn write(text: &str) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().unwrap();
@@ -35,7 +36,7 @@ pub(super) fn assert_section_errors(section: &str, cases: Vec<(String, String)>)
 }
 
 fn upstream<'a>(cfg: &'a Config, name: &str) -> &'a UpstreamConfigEntry {
-    cfg.upstreams.iter().find(|u| u.name == name).unwrap()
+    cfg.upstreams.iter().find(|u| u.client.name == name).unwrap()
 }
 
 #[test]
@@ -51,7 +52,7 @@ fn embedded_default() {
     assert_eq!(c.max_stale, Duration::from_secs(24 * 3600));
     assert_eq!(c.max_manifest_bytes, 4 << 20);
     assert_eq!(c.memory_object_max, 1 << 20);
-    let names: Vec<_> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
+    let names: Vec<_> = cfg.upstreams.iter().map(|u| u.client.name.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -65,10 +66,10 @@ fn embedded_default() {
         ]
     );
     let hub = upstream(&cfg, "docker.io");
-    assert_eq!(hub.remote_url.as_str(), "https://registry-1.docker.io/");
-    assert_eq!(hub.connect_timeout, Duration::from_secs(10));
-    assert_eq!(hub.read_timeout, Duration::from_secs(60));
-    assert!(hub.username.is_none() && hub.password.is_none() && hub.tag_ttl.is_none());
+    assert_eq!(hub.client.remote_url.as_str(), "https://registry-1.docker.io/");
+    assert_eq!(hub.client.connect_timeout, Duration::from_secs(10));
+    assert_eq!(hub.client.read_timeout, Duration::from_secs(60));
+    assert!(hub.client.username.is_none() && hub.client.password.is_none() && hub.tag_ttl.is_none());
     assert_eq!(load_str("").unwrap(), cfg, "an empty file is the default");
 }
 
@@ -332,21 +333,21 @@ fn file_overrides_builtin_fields_and_adds_upstreams() {
     assert_eq!(cfg.default_upstream, "registry.local:5000");
     let hub = upstream(&cfg, "docker.io");
     assert_eq!(
-        hub.remote_url.as_str(),
+        hub.client.remote_url.as_str(),
         "https://registry-1.docker.io/",
         "url kept from the built-in"
     );
     assert_eq!(hub.tag_ttl, Some(Duration::from_secs(600)));
-    assert_eq!(hub.read_timeout, Duration::from_secs(120));
-    assert_eq!(hub.connect_timeout, Duration::from_secs(10));
+    assert_eq!(hub.client.read_timeout, Duration::from_secs(120));
+    assert_eq!(hub.client.connect_timeout, Duration::from_secs(10));
     let local = upstream(&cfg, "registry.local:5000");
-    assert_eq!(local.remote_url.as_str(), "http://10.0.0.7:5000/mirror");
+    assert_eq!(local.client.remote_url.as_str(), "http://10.0.0.7:5000/mirror");
     assert_eq!(
-        local.http_proxy.as_ref().map(url::Url::as_str),
+        local.client.http_proxy.as_ref().map(url::Url::as_str),
         Some("http://proxy:3128/")
     );
-    assert!(local.https_proxy.is_some());
-    assert_eq!(local.connect_timeout, Duration::from_secs(3));
+    assert!(local.client.https_proxy.is_some());
+    assert_eq!(local.client.connect_timeout, Duration::from_secs(3));
 }
 
 #[test]
@@ -361,7 +362,7 @@ fn without_builtins_only_configured_upstreams_exist() {
         "#,
     )
     .unwrap();
-    let names: Vec<_> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
+    let names: Vec<_> = cfg.upstreams.iter().map(|u| u.client.name.as_str()).collect();
     assert_eq!(names, ["quay.io"]);
     let err = load_str(
         "builtin_upstreams = false\ndefault_upstream = \"quay.io\"\n[[upstream]]\nname = \"quay.io\"",
@@ -403,22 +404,22 @@ fn command_line_wins_over_file() {
     assert_eq!(cfg.listen, "127.0.0.1:5555".parse().unwrap());
     assert_eq!(cfg.data_dir, PathBuf::from("/from/cli"));
     assert_eq!(
-        upstream(&cfg, "docker.io").remote_url.as_str(),
+        upstream(&cfg, "docker.io").client.remote_url.as_str(),
         "http://127.0.0.1:5001/"
     );
     assert_eq!(
-        upstream(&cfg, "internal.example").remote_url.as_str(),
+        upstream(&cfg, "internal.example").client.remote_url.as_str(),
         "http://127.0.0.1:5002/"
     );
     assert_eq!(
-        upstream(&cfg, "localhost:5003").remote_url.as_str(),
+        upstream(&cfg, "localhost:5003").client.remote_url.as_str(),
         "http://127.0.0.1:5003/"
     );
     assert_eq!(cfg.upstreams.len(), 9);
     // The same overrides apply on top of the embedded default.
     let cfg = load(None, &overrides).unwrap();
     assert_eq!(
-        upstream(&cfg, "docker.io").remote_url.as_str(),
+        upstream(&cfg, "docker.io").client.remote_url.as_str(),
         "http://127.0.0.1:5001/"
     );
 }
@@ -441,9 +442,9 @@ fn passwords_are_read_at_load_and_never_rendered() {
     ))
     .unwrap();
     let quay = upstream(&cfg, "quay.io");
-    assert_eq!(quay.username.as_deref(), Some("robot"));
+    assert_eq!(quay.client.username.as_deref(), Some("robot"));
     assert_eq!(
-        quay.password.as_ref().map(Secret::expose),
+        quay.client.password.as_ref().map(Secret::expose),
         Some("s3cr3t-from-file")
     );
     assert_eq!(
@@ -453,7 +454,7 @@ fn passwords_are_read_at_load_and_never_rendered() {
     let ghcr = upstream(&cfg, "ghcr.io");
     // Cargo sets CARGO_PKG_NAME for the tests it runs.
     assert_eq!(
-        ghcr.password.as_ref().map(Secret::expose),
+        ghcr.client.password.as_ref().map(Secret::expose),
         Some(env!("CARGO_PKG_NAME"))
     );
     assert_eq!(
@@ -510,7 +511,11 @@ fn documented_example_loads() {
         .replace("DOCKERHUB_PASSWORD", "CARGO_PKG_NAME");
     let cfg = load_str(&example).unwrap();
     assert_eq!(
-        upstream(&cfg, "quay.io").password.as_ref().map(Secret::expose),
+        upstream(&cfg, "quay.io")
+            .client
+            .password
+            .as_ref()
+            .map(Secret::expose),
         Some("hunter2")
     );
 }

@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use upstream::Secret;
+use upstream::{Secret, UpstreamConfig};
 use url::Url;
 
 use super::fields::{self, AtField, FieldError};
 use super::raw::RawUpstream;
 use super::validate::duration;
 use super::{PasswordSource, UpstreamConfigEntry};
-use crate::cli::UpstreamOverride;
+use crate::config::UpstreamOverride;
 
 /// Served with no configuration at all; `builtin_upstreams = false` drops
 /// them so that the cache is no open proxy to registries nobody chose.
@@ -57,9 +57,9 @@ pub(super) fn resolve(
                 format!("duplicate upstream {:?} (first at upstream[{first}])", raw.name),
             ));
         }
-        let position = entries.iter().position(|e| e.name == raw.name);
+        let position = entries.iter().position(|e| e.client.name == raw.name);
         let url_from_cli = cli_url(&raw.name);
-        let builtin_url = position.map(|p| entries[p].remote_url.clone());
+        let builtin_url = position.map(|p| entries[p].client.remote_url.clone());
         let entry = entry(&field, raw, url_from_cli, builtin_url)?;
         match position {
             Some(p) => entries[p] = entry,
@@ -67,8 +67,8 @@ pub(super) fn resolve(
         }
     }
     for o in cli {
-        match entries.iter_mut().find(|e| e.name == o.name) {
-            Some(e) => e.remote_url = o.remote_url.clone(),
+        match entries.iter_mut().find(|e| e.client.name == o.name) {
+            Some(e) => e.client.remote_url = o.remote_url.clone(),
             None => entries.push(bare(&o.name, o.remote_url.clone())),
         }
     }
@@ -78,16 +78,18 @@ pub(super) fn resolve(
 /// An upstream known only by name and URL: anonymous, default timeouts.
 fn bare(name: &str, remote_url: Url) -> UpstreamConfigEntry {
     UpstreamConfigEntry {
-        name: name.to_owned(),
-        remote_url,
-        username: None,
-        password: None,
+        client: UpstreamConfig {
+            name: name.to_owned(),
+            remote_url,
+            username: None,
+            password: None,
+            http_proxy: None,
+            https_proxy: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+        },
         password_source: None,
-        http_proxy: None,
-        https_proxy: None,
         tag_ttl: None,
-        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        read_timeout: DEFAULT_READ_TIMEOUT,
     }
 }
 
@@ -116,21 +118,23 @@ fn entry(
         duration(text, default, &at(name)).and_then(|d| fields::positive(d).at(&at(name)))
     };
     Ok(UpstreamConfigEntry {
-        remote_url,
-        password,
+        client: UpstreamConfig {
+            remote_url,
+            password,
+            http_proxy: url(&raw.http_proxy, fields::http_url, "http_proxy")?,
+            https_proxy: url(&raw.https_proxy, fields::http_url, "https_proxy")?,
+            connect_timeout: timeout(&raw.connect_timeout, DEFAULT_CONNECT_TIMEOUT, "connect_timeout")?,
+            read_timeout: timeout(&raw.read_timeout, DEFAULT_READ_TIMEOUT, "read_timeout")?,
+            username: raw.username,
+            name: raw.name,
+        },
         password_source,
-        http_proxy: url(&raw.http_proxy, fields::http_url, "http_proxy")?,
-        https_proxy: url(&raw.https_proxy, fields::http_url, "https_proxy")?,
         tag_ttl: raw
             .tag_ttl
             .as_deref()
             .map(fields::duration)
             .transpose()
             .at(&at("tag_ttl"))?,
-        connect_timeout: timeout(&raw.connect_timeout, DEFAULT_CONNECT_TIMEOUT, "connect_timeout")?,
-        read_timeout: timeout(&raw.read_timeout, DEFAULT_READ_TIMEOUT, "read_timeout")?,
-        username: raw.username,
-        name: raw.name,
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::fields::{self, AtField, FieldError};
 use super::raw::{RawCache, RawConfig, RawSize};
 use super::{CacheConfig, Config, upstreams};
-use crate::cli::ServeOverrides;
+use crate::config::ServeOverrides;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = KIB << 10;
@@ -43,7 +43,7 @@ pub(super) fn validate(raw: RawConfig, overrides: &ServeOverrides) -> Result<Con
     let default_upstream = raw
         .default_upstream
         .unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned());
-    if !upstreams.iter().any(|u| u.name == default_upstream) {
+    if !upstreams.iter().any(|u| u.client.name == default_upstream) {
         return Err(FieldError::new(
             "default_upstream",
             format!("{default_upstream:?} is not a configured upstream"),

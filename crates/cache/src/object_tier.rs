@@ -21,7 +21,7 @@ const BYPASS_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// How often stale multipart uploads are looked for.
 const STALE_UPLOAD_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
-pub struct Objects {
+pub struct ObjectTier {
     store: ObjectStore,
     /// Unix millis before which the store is not tried.
     bypass_until: AtomicU64,
@@ -29,9 +29,9 @@ pub struct Objects {
     down: AtomicBool,
 }
 
-impl Objects {
+impl ObjectTier {
     pub fn new(store: ObjectStore) -> Self {
-        Objects {
+        ObjectTier {
             store,
             bypass_until: AtomicU64::new(0),
             down: AtomicBool::new(false),
