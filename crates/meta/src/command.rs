@@ -1,6 +1,6 @@
 //! The commands that change metadata and the records they carry.
 //!
-//! Everything here crosses the (future) Raft log, so it is plain data: every
+//! Everything here crosses the Raft log, so it is plain data: every
 //! time is inside the command, never read by whoever applies it.
 
 use oci::Digest;

@@ -43,7 +43,13 @@ pub enum MetaError {
     NoQuorum,
     /// Raft stopped or refused the request (not a command's own fault).
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Serving the cluster port failed (e.g. the listener broke).
+    #[error("serving the cluster port: {0}")]
+    ClusterPort(#[source] tonic::transport::Error),
+    /// Only a replica running a Raft group has a cluster port.
+    #[error("the metadata is open offline: no raft group")]
+    Offline,
     /// The leader refused the command as invalid in itself.
     #[error("command refused: {0}")]
     Refused(String),
@@ -52,6 +58,13 @@ pub enum MetaError {
         "metadata in {0} belongs to a raft group; stop using it offline, or remove the directory to start over"
     )]
     RaftOwned(PathBuf),
+}
+
+impl MetaError {
+    /// An openraft failure, its source kept.
+    pub(crate) fn raft(error: impl std::error::Error + Send + Sync + 'static) -> MetaError {
+        MetaError::Raft(Box::new(error))
+    }
 }
 
 /// Every redb error type funnels into [`MetaError::Storage`].

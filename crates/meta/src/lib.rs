@@ -1,5 +1,5 @@
 //! Cluster metadata: tags and the content index, changed only by [`Command`]s
-//! applied in order to a [`StateMachine`] persisted in redb.
+//! applied in order to a [`StateDb`] persisted in redb.
 //!
 //! Callers only [`Meta::propose`] commands and read the local state. A
 //! serving replica orders commands through its Raft group ([`Meta::start`],
@@ -9,11 +9,14 @@
 mod access;
 mod command;
 mod error;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fixtures;
 mod group;
-mod observer;
-pub mod raft;
-mod snapshot;
+mod raft;
 mod state;
+mod state_dump;
+#[cfg(test)]
+mod state_dump_tests;
 mod status;
 mod tables;
 
@@ -22,22 +25,29 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oci::Digest;
+use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 pub use access::AccessFlusher;
 pub use command::{Command, Entry, EntryKind, TagKey, TagRecord};
 pub use error::MetaError;
 pub use group::GroupSettings;
-pub use snapshot::SnapshotInfo;
-pub use state::{MetaStats, RaftApplied, StateMachine};
+pub use state::MetaStats;
+pub(crate) use state::StateDb;
+pub use state_dump::SnapshotInfo;
 pub use status::{GroupStatus, MemberStatus};
+
+/// The client of the cluster port's Admin service, for `regcache cluster`.
+pub mod admin {
+    pub use crate::raft::admin::{AddNode, AdminError, RemoveNode, add_node, remove_node, status};
+}
 
 use access::PendingAccesses;
 use group::Group;
 
 /// A replica's handle on the metadata. Share it as `Arc<Meta>`.
 pub struct Meta {
-    state: Arc<StateMachine>,
+    state: Arc<StateDb>,
     order: Order,
     accesses: PendingAccesses,
 }
@@ -58,7 +68,7 @@ impl Meta {
     /// [`Meta::raft_service`] to peers when the group has more than one
     /// member.
     pub async fn start(dir: &Path, settings: &GroupSettings) -> Result<Meta, MetaError> {
-        let state = Arc::new(StateMachine::open(&dir.join("state.redb"))?);
+        let state = Arc::new(StateDb::open(&dir.join("state.redb"))?);
         let group = Group::start(&dir.join("raft"), Arc::clone(&state), settings).await?;
         info!(dir = %dir.display(), node_id = settings.node_id, "started metadata");
         Ok(Meta {
@@ -76,7 +86,7 @@ impl Meta {
         if raft_dir.exists() {
             return Err(MetaError::RaftOwned(raft_dir));
         }
-        let state = StateMachine::open(&dir.join("state.redb"))?;
+        let state = StateDb::open(&dir.join("state.redb"))?;
         let last_applied = state.last_applied()?;
         info!(dir = %dir.display(), ?last_applied, "opened metadata offline");
         Ok(Meta {
@@ -92,7 +102,7 @@ impl Meta {
     /// with [`MetaError::NoQuorum`] while the group has long been without
     /// one. If the future is dropped early the command may still apply.
     pub async fn propose(&self, cmd: Command) -> Result<(), MetaError> {
-        StateMachine::validate(&cmd)?;
+        StateDb::validate(&cmd)?;
         let started = Instant::now();
         let result = match &self.order {
             Order::Raft(group) => group.propose(&cmd).await,
@@ -118,25 +128,28 @@ impl Meta {
         .await?
     }
 
-    /// The Raft handle, for status and membership changes; `None` offline.
-    pub fn raft(&self) -> Option<&raft::Raft> {
-        match &self.order {
-            Order::Raft(group) => Some(group.raft()),
-            Order::Offline(_) => None,
-        }
-    }
-
-    /// The gRPC services of the cluster port: Raft RPCs and forwarded
-    /// proposals for peers, membership and status for `regcache cluster`;
-    /// `None` offline.
-    pub fn cluster_services(&self) -> Option<(raft::RaftService, raft::admin::AdminService)> {
-        match &self.order {
-            Order::Raft(group) => Some((
-                group.service(),
-                raft::admin::AdminService::new(group.raft().clone()),
-            )),
-            Order::Offline(_) => None,
-        }
+    /// Serves the cluster port on `listener` until `shutdown` resolves:
+    /// Raft RPCs and forwarded proposals for peers, membership and status
+    /// for `regcache cluster`. The future owns what it serves; refused
+    /// offline, where there is no group.
+    pub fn serve_cluster(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<impl Future<Output = Result<(), MetaError>> + Send + 'static, MetaError> {
+        let Order::Raft(group) = &self.order else {
+            return Err(MetaError::Offline);
+        };
+        let raft = group.service().into_server();
+        let admin = raft::admin::AdminService::new(group.raft().clone()).into_server();
+        Ok(async move {
+            tonic::transport::Server::builder()
+                .add_service(raft)
+                .add_service(admin)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+                .await
+                .map_err(MetaError::ClusterPort)
+        })
     }
 
     /// The Raft group as this member sees it; `None` offline.

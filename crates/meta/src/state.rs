@@ -1,7 +1,6 @@
-//! The state machine: applies commands, in log order, to the redb tables.
-//!
-//! It is the part Raft will drive unchanged: the log hands it `(index,
-//! command)` pairs and asks for snapshots. Apply is a pure function of the
+//! The state database ([`StateDb`]): applies commands, in log order, to the
+//! redb tables. `raft::StateMachineStore` drives it for openraft: the log
+//! hands it entries and asks for snapshots. Apply is a pure function of the
 //! current state and the command (no clock, no randomness), so every replica
 //! that applies the same log holds the same state.
 
@@ -12,7 +11,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, WriteT
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::raft::{Entry as RaftEntry, EntryPayload, LogId, Response, StoredMembership};
+use crate::raft::{EntryPayload, LogEntry, LogId, Response, StoredMembership};
 use crate::tables::{self, ENTRIES, META, RAFT, TAGS, Totals};
 use crate::{Command, Entry, MetaError, TagKey, TagRecord};
 
@@ -58,13 +57,13 @@ pub(crate) fn create_database(path: &Path) -> Result<Database, MetaError> {
 
 /// Tags and the content index in one redb file, plus the last applied index,
 /// all changed together so a crash never separates them.
-pub struct StateMachine {
+pub struct StateDb {
     pub(crate) db: Database,
 }
 
-impl StateMachine {
+impl StateDb {
     /// Opens (creates) the database, and its directory, at `path`.
-    pub fn open(path: &Path) -> Result<StateMachine, MetaError> {
+    pub fn open(path: &Path) -> Result<StateDb, MetaError> {
         let db = create_database(path)?;
         // Creating the tables up front lets reads assume they exist.
         let txn = db.begin_write()?;
@@ -73,7 +72,7 @@ impl StateMachine {
         txn.open_table(META)?;
         txn.open_table(RAFT)?;
         txn.commit()?;
-        Ok(StateMachine { db })
+        Ok(StateDb { db })
     }
 
     /// Applies `cmd` as log entry `index` in one write transaction that also
@@ -150,7 +149,7 @@ impl StateMachine {
     /// [`apply`](Self::apply). Raft needs no durable apply: the log is
     /// durable and what a crash rolls back here is applied again from it (or
     /// from the last snapshot) at start.
-    pub(crate) fn apply_entries(&self, entries: &[RaftEntry]) -> Result<Vec<Response>, MetaError> {
+    pub(crate) fn apply_entries(&self, entries: &[LogEntry]) -> Result<Vec<Response>, MetaError> {
         let Some(last) = entries.last() else {
             return Ok(Vec::new());
         };
@@ -171,7 +170,7 @@ impl StateMachine {
                     apply_in(&txn, index, None)?;
                     Response::default()
                 }
-                EntryPayload::Normal(cmd) => match StateMachine::validate(cmd) {
+                EntryPayload::Normal(cmd) => match StateDb::validate(cmd) {
                     Ok(()) => {
                         apply_in(&txn, index, Some(cmd))?;
                         Response::default()
@@ -335,7 +334,7 @@ mod tests {
     #[test]
     fn indexes_must_increase() {
         let dir = tempfile::tempdir().unwrap();
-        let sm = StateMachine::open(&dir.path().join("s.redb")).unwrap();
+        let sm = StateDb::open(&dir.path().join("s.redb")).unwrap();
         let cmd = Command::RemoveEntries { digests: vec![] };
         sm.apply(5, &cmd).unwrap();
         for stale in [5, 4] {
@@ -352,7 +351,7 @@ mod tests {
     #[test]
     fn corrupt_records_are_errors_not_panics() {
         let dir = tempfile::tempdir().unwrap();
-        let sm = StateMachine::open(&dir.path().join("s.redb")).unwrap();
+        let sm = StateDb::open(&dir.path().join("s.redb")).unwrap();
         let d = Digest::sha256_of(b"x");
         sm.apply(
             1,
@@ -387,7 +386,7 @@ mod tests {
             "failed apply leaves no trace"
         );
         assert!(matches!(
-            sm.snapshot(std::io::sink()),
+            sm.write_snapshot(std::io::sink()),
             Err(MetaError::Corrupt { .. })
         ));
     }

@@ -143,7 +143,9 @@ mod tests {
     use openraft::{RaftMetrics, ServerState};
 
     use super::writable;
-    use crate::raft::{Membership, Node, StoredMembership, TypeConfig};
+    use openraft::Membership;
+
+    use crate::raft::{Node, StoredMembership, TypeConfig};
 
     const LEASE: Duration = Duration::from_millis(1200);
 

@@ -8,10 +8,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::group::{group, leader, start, tag};
+use common::group::{group, id_of, leader, start, tag, voters, wait_for_status};
 use common::{blob, digest, record, set_tag};
 use meta::{Command, GroupSettings, Meta, MetaError};
-use openraft::async_runtime::watch::WatchReceiver;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_one_commits_and_keeps_its_log_across_restarts() {
@@ -27,18 +26,9 @@ async fn a_group_of_one_commits_and_keeps_its_log_across_restarts() {
     assert_eq!(tag(&meta, "latest"), Some(record(1, 1)));
     meta.propose(set_tag("latest", 2)).await.unwrap();
     assert_eq!(tag(&meta, "latest"), Some(record(2, 2)));
-    let raft = meta.raft().expect("a raft group");
-    let metrics = raft.metrics().borrow_watched().clone();
-    assert_eq!(metrics.current_leader, Some(1));
-    assert_eq!(
-        metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect::<Vec<_>>(),
-        vec![1],
-        "restarting re-initialized nothing"
-    );
+    let status = meta.status().expect("a raft group");
+    assert_eq!(status.leader, Some(1));
+    assert_eq!(voters(&status), [1], "restarting re-initialized nothing");
     meta.shutdown().await;
     drop(meta);
     assert!(
@@ -60,19 +50,10 @@ async fn a_group_of_one_records_its_address_when_it_gets_a_listener() {
         ..GroupSettings::single()
     };
     let meta = reopen(dir.path(), &settings).await;
-    let raft = meta.raft().expect("a raft group");
-    raft.wait(Some(Duration::from_secs(10)))
-        .metrics(
-            |m| {
-                m.membership_config
-                    .membership()
-                    .get_node(&1)
-                    .is_some_and(|n| n.addr == "127.0.0.1:5001")
-            },
-            "address recorded",
-        )
-        .await
-        .expect("the new address is recorded");
+    wait_for_status(&meta, "the new address recorded", |s| {
+        s.members.iter().any(|m| m.id == 1 && m.addr == "127.0.0.1:5001")
+    })
+    .await;
     meta.shutdown().await;
 }
 
@@ -111,14 +92,10 @@ async fn records_made_offline_are_adopted_and_snapshotted_by_a_new_group() {
     assert_eq!(meta.stats().unwrap().entries(), 3, "offline records kept");
     // The log does not carry them, so a snapshot stands in for it: a member
     // added later is sent the snapshot, not a log that lacks them.
-    let raft = meta.raft().expect("a raft group");
-    raft.wait(Some(Duration::from_secs(10)))
-        .metrics(
-            |m| m.snapshot.is_some() && m.purged.is_some(),
-            "snapshot and purge",
-        )
-        .await
-        .expect("a snapshot replaces the log");
+    wait_for_status(&meta, "a snapshot replacing the log", |s| {
+        s.snapshot_index.is_some() && s.purged_index.is_some()
+    })
+    .await;
     meta.shutdown().await;
 }
 
@@ -128,13 +105,7 @@ async fn followers_forward_and_a_member_without_quorum_fails_fast_but_reads() {
     let mut members = group(&dirs).await;
 
     let leader = leader(&members[0]).await;
-    let follower = members
-        .iter()
-        .find(|m| {
-            m.raft()
-                .is_some_and(|r| r.metrics().borrow_watched().id != leader)
-        })
-        .expect("a follower");
+    let follower = members.iter().find(|m| id_of(m) != leader).expect("a follower");
 
     let started = Instant::now();
     follower.propose(set_tag("latest", 1)).await.unwrap();
@@ -195,14 +166,7 @@ async fn records_made_offline_reach_every_member_of_a_new_group() {
     let members = group(&dirs).await;
     members[0].propose(set_tag("latest", 1)).await.unwrap();
     for meta in &members {
-        let raft = meta.raft().expect("a raft group");
-        raft.wait(Some(Duration::from_secs(20)))
-            .metrics(
-                |m| m.membership_config.membership().voter_ids().count() == 3,
-                "three voters",
-            )
-            .await
-            .expect("the other members join");
+        wait_for_status(meta, "three voters", |s| voters(s).len() == 3).await;
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     for meta in &members {

@@ -8,17 +8,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::group::{group, leader, start, tag};
+use common::group::{group, id_of, leader, start, tag};
 use common::{blob, digest, record, set_tag};
 use meta::{Command, GroupSettings, Meta, MetaError};
-use openraft::async_runtime::watch::WatchReceiver;
 
 /// Longer than the lease and the fail-fast window together.
 const IDLE: Duration = Duration::from_secs(10);
-
-fn id_of(meta: &Meta) -> u64 {
-    meta.raft().expect("a raft group").metrics().borrow_watched().id
-}
 
 /// Waits until `digest`'s last access is past `before`.
 async fn wait_for_access_after(meta: &Meta, digest: &oci::Digest, before: u64) {

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use meta::GroupStatus;
-use meta::raft::admin::{self, AddNode, RemoveNode};
+use meta::admin::{self, AddNode, RemoveNode};
 
 use crate::cli::ClusterCommand;
 

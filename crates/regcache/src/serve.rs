@@ -13,7 +13,6 @@ use objstore::{FsStore, ObjectStore, S3Store};
 use server::{AppState, Routes};
 use store::{DiskStore, MemoryStore};
 use tokio::sync::oneshot;
-use tonic::transport::server::TcpIncoming;
 use tracing::info;
 use upstream::Upstream;
 
@@ -136,18 +135,11 @@ fn serve_peers(
     meta: &Meta,
     stop: oneshot::Receiver<()>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let (raft, admin) = meta
-        .cluster_services()
-        .context("a serving replica runs a raft group")?;
+    let serving = meta.serve_cluster(listener, async {
+        let _ = stop.await;
+    })?;
     Ok(tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(raft.into_server())
-            .add_service(admin.into_server())
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
-                let _ = stop.await;
-            })
-            .await;
-        if let Err(e) = served {
+        if let Err(e) = serving.await {
             tracing::error!(error = %e, "serving the cluster port failed");
         }
     }))

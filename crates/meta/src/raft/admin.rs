@@ -11,16 +11,20 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use super::channel::{admin_client, peer_endpoint};
 use super::pb::admin_client::AdminClient;
 use super::pb::admin_server::{Admin, AdminServer};
 use super::pb::{RaftReply, RaftRequest};
 use super::service::{decode, reply};
 use super::{Node, Raft, TypeConfig};
 use crate::GroupStatus;
+
+/// How long `regcache cluster` waits to connect: a person is waiting, but
+/// a slow network deserves more than the peers' second.
+const ADMIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A member to add: its id and the address its cluster port is reached at.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +169,8 @@ pub enum AdminError {
     NoLeader,
     #[error("the leader moved more than once; try again")]
     Redirects,
+    #[error("cannot encode the request: {0}")]
+    Encode(serde_json::Error),
     #[error("bad reply from {addr}: {source}")]
     Decode { addr: String, source: serde_json::Error },
 }
@@ -185,10 +191,7 @@ pub async fn status(addr: &str) -> Result<GroupStatus, AdminError> {
 /// `regcache cluster add-node`: returns the leader's view once `add` is a
 /// voter.
 pub async fn add_node(addr: &str, add: &AddNode) -> Result<GroupStatus, AdminError> {
-    let json = serde_json::to_vec(add).map_err(|source| AdminError::Decode {
-        addr: addr.to_owned(),
-        source,
-    })?;
+    let json = serde_json::to_vec(add).map_err(AdminError::Encode)?;
     change(
         addr,
         json,
@@ -199,10 +202,7 @@ pub async fn add_node(addr: &str, add: &AddNode) -> Result<GroupStatus, AdminErr
 
 /// `regcache cluster remove-node`.
 pub async fn remove_node(addr: &str, remove: RemoveNode) -> Result<GroupStatus, AdminError> {
-    let json = serde_json::to_vec(&remove).map_err(|source| AdminError::Decode {
-        addr: addr.to_owned(),
-        source,
-    })?;
+    let json = serde_json::to_vec(&remove).map_err(AdminError::Encode)?;
     change(addr, json, |mut client, req| async move {
         client.remove_node(req).await
     })
@@ -234,20 +234,19 @@ where
 }
 
 async fn connect(addr: &str) -> Result<AdminClient<tonic::transport::Channel>, AdminError> {
-    let endpoint =
-        Endpoint::from_shared(format!("http://{addr}")).map_err(|source| AdminError::InvalidAddr {
-            addr: addr.to_owned(),
-            source,
-        })?;
+    let endpoint = peer_endpoint(addr).map_err(|source| AdminError::InvalidAddr {
+        addr: addr.to_owned(),
+        source,
+    })?;
     let channel = endpoint
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(ADMIN_CONNECT_TIMEOUT)
         .connect()
         .await
         .map_err(|source| AdminError::Connect {
             addr: addr.to_owned(),
             source,
         })?;
-    Ok(AdminClient::new(channel))
+    Ok(admin_client(channel))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(addr: &str, json: &[u8]) -> Result<T, AdminError> {

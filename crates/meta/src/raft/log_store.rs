@@ -27,11 +27,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::debug;
 
-use super::{Entry, LogId, TypeConfig, Vote, blocking};
+use super::{LogEntry, LogId, TypeConfig, Vote, blocking};
 use crate::MetaError;
 use crate::tables::{corrupt, decode, encode};
 
-/// Log index -> JSON `Entry`.
+/// Log index -> JSON `LogEntry`.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// `vote`, `committed`, `last_purged` -> JSON.
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("log_state");
@@ -88,8 +88,8 @@ fn put_state<T: Serialize>(db: &Database, key: &str, value: &T, durable: bool) -
     Ok(())
 }
 
-fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, MetaError> {
-    let entry: Entry = decode("log", &index.to_string(), bytes)?;
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<LogEntry, MetaError> {
+    let entry: LogEntry = decode("log", &index.to_string(), bytes)?;
     if entry.log_id.index != index {
         return Err(corrupt(
             "log",
@@ -119,7 +119,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, io::Error> {
+    ) -> Result<Vec<LogEntry>, io::Error> {
         let Some((first, last)) = inclusive(&range) else {
             return Ok(Vec::new());
         };
@@ -186,10 +186,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// return.
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let entries: Vec<LogEntry> = entries.into_iter().collect();
         let result = self
             .with_db(move |db| {
                 let txn = db.begin_write()?;

@@ -1,5 +1,5 @@
 //! Raft storage for the metadata group: openraft's types for our commands, a
-//! log store and a state machine over the existing [`StateMachine`](crate::StateMachine).
+//! log store and a state machine over the existing [`StateDb`](crate::StateDb).
 //!
 //! [`Meta`](crate::Meta) runs a group over this storage. Layout under one
 //! directory (see [`open_storage`]):
@@ -16,11 +16,17 @@
 //! server side that hands requests to the local [`Raft`].
 
 pub mod admin;
+mod channel;
 mod log_store;
 mod network;
 mod service;
 mod snapshot_file;
 mod state_machine;
+
+#[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
+mod storage_tests;
 
 /// Wire types and tonic stubs generated from `proto/raft.proto` by build.rs.
 pub mod pb {
@@ -35,13 +41,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use channel::{peer_endpoint, raft_client};
 pub use log_store::LogStore;
-pub use network::{GrpcNetwork, PeerClient, TransportError};
+pub use network::GrpcNetwork;
 pub use service::RaftService;
 pub use snapshot_file::SnapshotFile;
-pub use state_machine::{SnapshotBuilder, StateMachineStore};
+pub use state_machine::StateMachineStore;
 
-use crate::{Command, MetaError, StateMachine};
+use crate::{Command, MetaError, StateDb};
 
 openraft::declare_raft_types!(
     /// openraft's type configuration for the metadata group: the log carries
@@ -93,9 +100,8 @@ impl fmt::Display for Command {
 /// Shorthands for openraft's generic types with [`TypeConfig`] filled in.
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
-pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type LogEntry = openraft::alias::EntryOf<TypeConfig>;
 pub type EntryPayload = openraft::alias::EntryPayloadOf<TypeConfig>;
-pub type Membership = openraft::Membership<u64, Node>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
@@ -105,10 +111,7 @@ pub type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
 /// Opens the log store and the state machine under `dir`, creating what is
 /// missing. `state` is the replica's state database, shared so that reads
 /// (`tag`, `entry`) keep going around Raft.
-pub fn open_storage(
-    dir: &Path,
-    state: Arc<StateMachine>,
-) -> Result<(LogStore, StateMachineStore), MetaError> {
+pub fn open_storage(dir: &Path, state: Arc<StateDb>) -> Result<(LogStore, StateMachineStore), MetaError> {
     let log = LogStore::open(&dir.join("raft-log.redb"))?;
     let sm = StateMachineStore::open(state, &dir.join("snapshots"))?;
     Ok((log, sm))
@@ -132,4 +135,24 @@ where
         Ok(result) => result.map_err(io_err),
         Err(join) => Err(io_err(MetaError::Task(join))),
     }
+}
+
+/// openraft's settings for the storage and transport tests: elections take
+/// a fraction of a second (after a leader is lost, followers wait out its
+/// lease, then an election timeout: failover ≈ 0.6 + 0.3..0.6 s), and the
+/// log a snapshot covers is purged at once, so a node that misses more than
+/// that can only catch up by snapshot.
+#[cfg(test)]
+pub(crate) fn test_config(snapshot_policy: openraft::SnapshotPolicy) -> Arc<openraft::Config> {
+    let config = openraft::Config {
+        cluster_name: "meta-test".into(),
+        heartbeat_interval: 50,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        snapshot_policy,
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..Default::default()
+    };
+    Arc::new(config.validate().expect("valid raft config"))
 }

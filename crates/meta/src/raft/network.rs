@@ -24,8 +24,9 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use super::channel::{peer_endpoint, raft_client};
 use super::pb::raft_client::RaftClient;
 use super::pb::{RaftReply, RaftRequest, SnapshotChunk};
 use super::{Node, Snapshot, SnapshotFile, TypeConfig, Vote};
@@ -33,11 +34,6 @@ use super::{Node, Snapshot, SnapshotFile, TypeConfig, Vote};
 /// Snapshot bytes per gRPC message: large enough that per-message overhead
 /// is negligible, small enough to stay far below the decoding limit.
 pub(crate) const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
-
-/// Largest message either side decodes. Appends carry at most openraft's
-/// `max_payload_entries` commands, each a few hundred bytes of JSON; the
-/// limit only stops a broken or hostile peer from making us buffer gigabytes.
-pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Why an RPC to a peer failed, before openraft sorts it into its kinds.
 #[derive(Debug, thiserror::Error)]
@@ -63,31 +59,16 @@ pub enum TransportError {
 pub struct GrpcNetwork {
     /// This node's id, for the `Timeout` errors openraft wants.
     id: u64,
-    connect_timeout: Duration,
-    snapshot_timeout: Duration,
 }
 
+/// Bound on sending one full snapshot, streaming and installing included.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+
 impl GrpcNetwork {
-    /// A factory for node `id`: connects within 1 s (a peer on the same
-    /// network that does not accept by then is down; openraft retries), and
-    /// allows a snapshot transfer 10 minutes.
+    /// A factory for node `id`: connects within the cluster port's connect
+    /// timeout (openraft retries), and allows a snapshot transfer 10 minutes.
     pub fn new(id: u64) -> GrpcNetwork {
-        GrpcNetwork {
-            id,
-            connect_timeout: Duration::from_secs(1),
-            snapshot_timeout: Duration::from_secs(600),
-        }
-    }
-
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> GrpcNetwork {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Bound on sending one full snapshot, streaming and installing included.
-    pub fn with_snapshot_timeout(mut self, timeout: Duration) -> GrpcNetwork {
-        self.snapshot_timeout = timeout;
-        self
+        GrpcNetwork { id }
     }
 }
 
@@ -98,20 +79,8 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     /// a failure by itself); an address that does not parse makes every RPC
     /// answer `Unreachable` with the reason.
     async fn new_client(&mut self, target: u64, node: &Node) -> PeerClient {
-        let client = Endpoint::from_shared(format!("http://{}", node.addr))
-            .map(|endpoint| {
-                let channel = endpoint
-                    .connect_timeout(self.connect_timeout)
-                    // Notices a peer that vanished mid-stream (e.g. during
-                    // a long snapshot) without waiting for TCP timeouts.
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(20))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                RaftClient::new(channel)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
-            })
+        let client = peer_endpoint(&node.addr)
+            .map(|endpoint| raft_client(endpoint.connect_lazy()))
             .map_err(|source| {
                 TransportError::InvalidAddr {
                     addr: node.addr.clone(),
@@ -123,7 +92,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             id: self.id,
             target,
             client,
-            snapshot_timeout: self.snapshot_timeout,
+            snapshot_timeout: SNAPSHOT_TIMEOUT,
         }
     }
 }

@@ -19,11 +19,11 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use super::network::MAX_MESSAGE_BYTES;
+use super::channel::MAX_MESSAGE_BYTES;
 use super::pb::raft_server::{Raft as RaftRpc, RaftServer};
 use super::pb::{RaftReply, RaftRequest, SnapshotChunk};
 use super::{Forwarded, Raft, Snapshot, SnapshotFile, SnapshotMeta, TypeConfig, Vote};
-use crate::{Command, StateMachine};
+use crate::{Command, StateDb};
 
 /// Largest snapshot accepted from a peer. Generous: the state is tags and a
 /// content index, a few hundred bytes per entry, so this is tens of millions
@@ -164,7 +164,7 @@ impl RaftRpc for RaftService {
     /// follower asks again elsewhere on `failed_precondition`.
     async fn propose(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let cmd: Command = decode(&request.into_inner().json, "command")?;
-        StateMachine::validate(&cmd).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        StateDb::validate(&cmd).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let response = match self.raft.client_write(cmd).await {
             Ok(response) => response,
             Err(RaftError::APIError(e)) => return Err(Status::failed_precondition(e.to_string())),

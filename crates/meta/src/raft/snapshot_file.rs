@@ -2,7 +2,7 @@
 //! network, and the directory that keeps the current one.
 //!
 //! A snapshot is a file, never a buffer: the state machine writes it line by
-//! line, the network (part 2) streams it in chunks, a receiver writes it to a
+//! line, the network streams it in chunks, a receiver writes it to a
 //! file again and the state machine installs it line by line. Memory stays
 //! bounded by one line whatever the size of the index.
 
@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::{Snapshot, SnapshotMeta};
 use crate::MetaError;
-use crate::snapshot::read_raft_header;
+use crate::state_dump::read_raft_header;
 
 /// The snapshot's file name in its directory. Only ever replaced by rename,
 /// so a reader sees the old or the new file, never half of one.
@@ -51,10 +51,6 @@ impl SnapshotFile {
     /// Size in bytes.
     pub fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
-    }
-
-    pub fn is_empty(&self) -> io::Result<bool> {
-        Ok(self.len()? == 0)
     }
 }
 

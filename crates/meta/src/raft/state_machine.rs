@@ -1,4 +1,4 @@
-//! openraft's state machine over the replica's [`StateMachine`].
+//! openraft's state machine over the replica's [`StateDb`].
 //!
 //! The state is persistent: each batch of entries commits in one redb
 //! transaction with the last applied log id and membership, so a restart
@@ -16,7 +16,7 @@ use tracing::{debug, info};
 
 use super::snapshot_file::{SnapshotDir, SnapshotFile};
 use super::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, blocking};
-use crate::{MetaError, StateMachine};
+use crate::{MetaError, StateDb};
 
 /// At most this many entries share one transaction: batching saves fsyncs
 /// when entries arrive in bursts, the bound keeps one batch's memory and
@@ -27,21 +27,16 @@ const MAX_BATCH: usize = 256;
 /// the snapshot directory are shared with the snapshot builder, and the
 /// state with [`Meta`](crate::Meta)'s reads.
 pub struct StateMachineStore {
-    state: Arc<StateMachine>,
+    state: Arc<StateDb>,
     snapshots: Arc<SnapshotDir>,
 }
 
 impl StateMachineStore {
     /// Wraps `state`, keeping snapshots in `snapshot_dir` (created if
     /// missing; temporary files of an interrupted snapshot are removed).
-    pub fn open(state: Arc<StateMachine>, snapshot_dir: &Path) -> Result<StateMachineStore, MetaError> {
+    pub fn open(state: Arc<StateDb>, snapshot_dir: &Path) -> Result<StateMachineStore, MetaError> {
         let snapshots = Arc::new(SnapshotDir::open(snapshot_dir)?);
         Ok(StateMachineStore { state, snapshots })
-    }
-
-    /// The state this store applies to, for local reads.
-    pub fn state(&self) -> &Arc<StateMachine> {
-        &self.state
     }
 }
 
@@ -112,7 +107,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 /// Builds a snapshot of the state as of one read transaction; applies go on
 /// meanwhile (redb readers do not block the writer).
 pub struct SnapshotBuilder {
-    state: Arc<StateMachine>,
+    state: Arc<StateDb>,
     snapshots: Arc<SnapshotDir>,
 }
 
@@ -132,7 +127,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// Writes the snapshot to a temporary file, fsyncs it and publishes it as
 /// the current one (unless a newer one was installed meanwhile). The handle
 /// returned reads the file built, published or not.
-fn build(state: &StateMachine, snapshots: &SnapshotDir) -> Result<Snapshot, MetaError> {
+fn build(state: &StateDb, snapshots: &SnapshotDir) -> Result<Snapshot, MetaError> {
     let (temp_path, temp) = snapshots.temp_file("building")?;
     let built = (|| {
         let mut out = BufWriter::new(&temp);
@@ -176,7 +171,7 @@ fn build(state: &StateMachine, snapshots: &SnapshotDir) -> Result<Snapshot, Meta
 /// snapshot: a crash in between leaves a snapshot newer than the state,
 /// which openraft installs again at start, never a state no snapshot holds.
 fn install(
-    state: &StateMachine,
+    state: &StateDb,
     snapshots: &SnapshotDir,
     meta: SnapshotMeta,
     snapshot: SnapshotFile,

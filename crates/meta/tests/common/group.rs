@@ -3,12 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use meta::{GroupSettings, Meta, TagRecord};
+use meta::{GroupSettings, GroupStatus, Meta, TagRecord};
 use tokio::net::TcpListener;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use super::key;
 
@@ -31,15 +29,10 @@ pub async fn member(dir: &Path, id: u64, peers: &BTreeMap<u64, String>, listener
         snapshot_every: 1000,
     };
     let meta = start(dir, &settings).await;
-    let (raft, admin) = meta.cluster_services().expect("a raft group");
-    tokio::spawn(async move {
-        Server::builder()
-            .add_service(raft.into_server())
-            .add_service(admin.into_server())
-            .serve_with_incoming(TcpIncoming::from(listener))
-            .await
-            .expect("serving grpc");
-    });
+    let serving = meta
+        .serve_cluster(listener, std::future::pending())
+        .expect("a raft group");
+    tokio::spawn(async move { serving.await.expect("serving the cluster port") });
     meta
 }
 
@@ -59,14 +52,33 @@ pub async fn group(dirs: &[tempfile::TempDir]) -> Vec<Meta> {
     members
 }
 
+/// Waits until `member`'s view of the group satisfies `done`, for up to
+/// 20 s; returns that view.
+pub async fn wait_for_status(member: &Meta, what: &str, done: impl Fn(&GroupStatus) -> bool) -> GroupStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = member.status().expect("a raft group");
+        if done(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until `member` knows a leader (node 1 forms the group after its
 /// grace period) and returns its id.
 pub async fn leader(member: &Meta) -> u64 {
-    let raft = member.raft().expect("a raft group");
-    raft.wait(Some(Duration::from_secs(20)))
-        .metrics(|m| m.current_leader.is_some(), "a leader")
-        .await
-        .expect("the group elects a leader")
-        .current_leader
-        .expect("a leader id")
+    let status = wait_for_status(member, "a leader", |s| s.leader.is_some()).await;
+    status.leader.expect("a leader id")
+}
+
+/// The member's node id.
+pub fn id_of(member: &Meta) -> u64 {
+    member.status().expect("a raft group").node_id
+}
+
+/// The voters' ids, as `status` lists them.
+pub fn voters(status: &GroupStatus) -> Vec<u64> {
+    status.members.iter().filter(|m| m.voter).map(|m| m.id).collect()
 }

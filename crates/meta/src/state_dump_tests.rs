@@ -1,14 +1,13 @@
-//! Snapshots: what Raft will ship to a member that lags or joins.
-
-mod common;
+//! Snapshots of the state database: what Raft ships to a member that lags or
+//! joins.
 
 use std::path::Path;
 
-use common::{blob, digest, key, manifest, record};
-use meta::{Command, MetaError, StateMachine};
+use crate::fixtures::{blob, digest, key, manifest, record};
+use crate::{Command, MetaError, StateDb};
 
-fn populated(path: &Path) -> StateMachine {
-    let sm = StateMachine::open(path).expect("open");
+fn populated(path: &Path) -> StateDb {
+    let sm = StateDb::open(path).expect("open");
     let cmds = [
         Command::SetTag {
             key: key("docker.io", "library/alpine", "latest"),
@@ -43,9 +42,9 @@ fn populated(path: &Path) -> StateMachine {
     sm
 }
 
-fn dump(sm: &StateMachine) -> Vec<u8> {
+fn dump(sm: &StateDb) -> Vec<u8> {
     let mut out = Vec::new();
-    sm.snapshot(&mut out).expect("snapshot");
+    sm.write_snapshot(&mut out).expect("snapshot");
     out
 }
 
@@ -55,8 +54,10 @@ fn snapshot_installs_into_a_fresh_store_as_equal_state() {
     let source = populated(&dir.path().join("a.redb"));
     let bytes = dump(&source);
 
-    let target = StateMachine::open(&dir.path().join("b.redb")).unwrap();
-    let info = target.install_snapshot(bytes.as_slice()).unwrap();
+    let target = StateDb::open(&dir.path().join("b.redb")).unwrap();
+    let info = target
+        .install_snapshot_then(bytes.as_slice(), |_| Ok(()))
+        .unwrap();
     assert_eq!((info.last_applied, info.tags, info.entries), (Some(16), 2, 2));
 
     assert_eq!(target.stats().unwrap(), source.stats().unwrap());
@@ -81,9 +82,10 @@ fn snapshot_installs_into_a_fresh_store_as_equal_state() {
 #[test]
 fn install_replaces_existing_state() {
     let dir = tempfile::tempdir().unwrap();
-    let empty = StateMachine::open(&dir.path().join("empty.redb")).unwrap();
+    let empty = StateDb::open(&dir.path().join("empty.redb")).unwrap();
     let full = populated(&dir.path().join("full.redb"));
-    full.install_snapshot(dump(&empty).as_slice()).unwrap();
+    full.install_snapshot_then(dump(&empty).as_slice(), |_| Ok(()))
+        .unwrap();
     assert_eq!(full.stats().unwrap(), empty.stats().unwrap());
     assert_eq!(full.last_applied().unwrap(), None);
     assert!(full.tags_of("docker.io", "library/alpine").unwrap().is_empty());
@@ -105,7 +107,9 @@ fn truncated_or_damaged_snapshot_leaves_state_untouched() {
     let after_end = format!("{text}{}\n", lines[1]);
     let headless = lines[1..].join("\n");
     for bad in [truncated, duplicated, after_end, headless, "{not json".to_owned()] {
-        let err = target.install_snapshot(bad.as_bytes()).unwrap_err();
+        let err = target
+            .install_snapshot_then(bad.as_bytes(), |_| Ok(()))
+            .unwrap_err();
         assert!(matches!(err, MetaError::InvalidSnapshot { .. }), "{err}");
         assert_eq!(target.stats().unwrap(), before);
     }

@@ -2,20 +2,18 @@
 //! loopback: election, replication, failover after the leader stops, and a
 //! node that was down past a log purge brought back by snapshot.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{key, record, set_tag};
-use meta::raft::{self, GrpcNetwork, LogStore, Node, Raft, RaftService};
-use meta::{StateMachine, TagRecord};
+use crate::fixtures::{key, record, set_tag};
+use crate::raft::{self, GrpcNetwork, LogStore, Node, Raft, RaftService, test_config};
+use crate::{StateDb, TagRecord};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
-use openraft::{Config, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::{RaftMetrics, ServerState, SnapshotPolicy};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -25,43 +23,30 @@ use tonic::transport::server::TcpIncoming;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// Short timeouts so elections take a fraction of a second (after a leader
-/// is lost, followers first wait out its lease, `election_timeout_max`, then
-/// an election timeout: failover ≈ 0.6 + 0.3..0.6 s); a snapshot every
-/// 20 entries, and the log it covers purged at once, so a node that misses
-/// more than that can only catch up by snapshot.
-fn config() -> Arc<Config> {
-    let config = Config {
-        cluster_name: "meta-cluster-test".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(20),
-        max_in_snapshot_log_to_keep: 0,
-        purge_batch_size: 1,
-        ..Default::default()
-    };
-    Arc::new(config.validate().expect("valid raft config"))
-}
-
 /// One running member: Raft, its state for local reads, its gRPC server.
 struct Member {
     id: u64,
     dir: PathBuf,
     addr: SocketAddr,
     raft: Raft,
-    state: Arc<StateMachine>,
+    state: Arc<StateDb>,
     stop_server: oneshot::Sender<()>,
     server: JoinHandle<()>,
 }
 
 async fn start(id: u64, dir: &Path, listener: TcpListener) -> Member {
     let addr = listener.local_addr().expect("listener address");
-    let state = Arc::new(StateMachine::open(&dir.join("state.redb")).expect("opening the state machine"));
+    let state = Arc::new(StateDb::open(&dir.join("state.redb")).expect("opening the state machine"));
     let (log, sm) = raft::open_storage(&dir.join("raft"), Arc::clone(&state)).expect("opening raft storage");
-    let raft = Raft::new(id, config(), GrpcNetwork::new(id), log, sm)
-        .await
-        .expect("starting raft");
+    let raft = Raft::new(
+        id,
+        test_config(SnapshotPolicy::LogsSinceLast(20)),
+        GrpcNetwork::new(id),
+        log,
+        sm,
+    )
+    .await
+    .expect("starting raft");
     let service =
         RaftService::new(raft.clone(), &dir.join("raft/incoming")).expect("starting the raft service");
     let (stop_server, stopped) = oneshot::channel::<()>();
@@ -112,7 +97,7 @@ async fn stop(member: Member) -> (PathBuf, SocketAddr) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let log = LogStore::open(&dir.join("raft/raft-log.redb"));
-        let state = StateMachine::open(&dir.join("state.redb"));
+        let state = StateDb::open(&dir.join("state.redb"));
         if log.is_ok() && state.is_ok() {
             return (dir, addr);
         }
@@ -293,8 +278,8 @@ async fn three_nodes_elect_replicate_fail_over_and_catch_up_by_snapshot() {
 /// nothing partial is ever installed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_rpcs_and_bad_snapshot_streams_are_refused() {
-    use meta::raft::pb::raft_client::RaftClient;
-    use meta::raft::pb::{RaftRequest, SnapshotChunk};
+    use crate::raft::pb::raft_client::RaftClient;
+    use crate::raft::pb::{RaftRequest, SnapshotChunk};
     use tonic::Code;
 
     let dir = tempfile::tempdir().unwrap();
@@ -389,7 +374,7 @@ async fn unreachable_peers_map_to_unreachable() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut factory = GrpcNetwork::new(1).with_connect_timeout(Duration::from_millis(500));
+    let mut factory = GrpcNetwork::new(1);
     for addr in [closed.to_string(), "not a host:port".to_string()] {
         let mut peer = factory.new_client(2, &Node { addr: addr.clone() }).await;
         let request = VoteRequest::new(raft::Vote::new(1, 1), None);

@@ -1,4 +1,4 @@
-//! Whole-state snapshots, for Raft to ship to a lagging or new member.
+//! The state database's snapshots, for Raft to ship to a lagging or new member.
 //!
 //! The format is JSON lines: a header with the last applied index and Raft's
 //! view of the state (last applied log id, membership), one line per tag
@@ -13,7 +13,7 @@ use redb::{ReadableDatabase, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::state::{RaftApplied, StateMachine};
+use crate::state::{RaftApplied, StateDb};
 use crate::tables::{self, ENTRIES, META, RAFT, TAGS, Totals};
 use crate::{Entry, MetaError, TagKey, TagRecord};
 
@@ -51,15 +51,11 @@ pub struct SnapshotInfo {
     pub entries: u64,
 }
 
-impl StateMachine {
-    /// Writes the whole state, as of one read transaction, to `out`. Records
-    /// are decoded on the way, so a corrupt store fails here instead of
+impl StateDb {
+    /// Writes the whole state, as of one read transaction, to `out`, and
+    /// returns what it wrote with the Raft view in its header. Records are
+    /// decoded on the way, so a corrupt store fails here instead of
     /// spreading to other members.
-    pub fn snapshot(&self, out: impl Write) -> Result<SnapshotInfo, MetaError> {
-        self.write_snapshot(out).map(|(info, _)| info)
-    }
-
-    /// [`snapshot`](Self::snapshot), also returning the Raft view it wrote.
     pub(crate) fn write_snapshot(
         &self,
         mut out: impl Write,
@@ -113,14 +109,9 @@ impl StateMachine {
 
     /// Replaces the whole state with the snapshot read from `input`, in one
     /// durable transaction: on any error the old state stays untouched.
-    pub fn install_snapshot(&self, input: impl BufRead) -> Result<SnapshotInfo, MetaError> {
-        self.install_snapshot_then(input, |_| Ok(()))
-    }
-
-    /// [`install_snapshot`](Self::install_snapshot), calling `before_commit`
-    /// with the snapshot's Raft view once every line is read and checked but
-    /// before the transaction commits: an error there leaves the state
-    /// untouched too. Raft's store uses it to check the view against the
+    /// `before_commit` gets the snapshot's Raft view once every line is read
+    /// and checked but before the transaction commits: an error there leaves
+    /// the state untouched too. Raft's store uses it to check the view against the
     /// snapshot's metadata and to publish the file first.
     pub(crate) fn install_snapshot_then(
         &self,

@@ -2,17 +2,17 @@
 //! state machine, and a single-node group end to end across restarts,
 //! snapshots and log purges.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{blob, digest, key, record, set_tag};
-use meta::raft::{self, LogStore, Node, Raft, Snapshot, SnapshotFile, StateMachineStore, TypeConfig, Vote};
-use meta::{Command, MetaError, StateMachine};
+use crate::fixtures::{blob, digest, key, record, set_tag};
+use crate::raft::{
+    self, LogStore, Node, Raft, Snapshot, SnapshotFile, StateMachineStore, TypeConfig, Vote, test_config,
+};
+use crate::{Command, MetaError, StateDb};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -21,15 +21,15 @@ use openraft::raft::{
 };
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::testing::log::{StoreBuilder, Suite};
-use openraft::{Config, OptionalSend, ServerState, SnapshotPolicy, StorageError};
+use openraft::{OptionalSend, ServerState, SnapshotPolicy, StorageError};
 use tempfile::TempDir;
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(10));
 
 /// The state database and the Raft storage under `dir`, as a replica opens
 /// them; the state handle is what local reads use.
-fn open(dir: &Path) -> (Arc<StateMachine>, LogStore, StateMachineStore) {
-    let state = Arc::new(StateMachine::open(&dir.join("state.redb")).expect("open state"));
+fn open(dir: &Path) -> (Arc<StateDb>, LogStore, StateMachineStore) {
+    let state = Arc::new(StateDb::open(&dir.join("state.redb")).expect("open state"));
     let (log, sm) = raft::open_storage(&dir.join("raft"), Arc::clone(&state)).expect("open raft storage");
     (state, log, sm)
 }
@@ -104,26 +104,10 @@ impl RaftNetworkV2<TypeConfig> for RefuseEveryRpc {
     }
 }
 
-/// Short timeouts so elections take milliseconds; snapshots only when the
-/// test triggers one, and every log entry a snapshot covers may be purged.
-fn config() -> Arc<Config> {
-    let config = Config {
-        cluster_name: "meta-test".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
-        snapshot_policy: SnapshotPolicy::Never,
-        max_in_snapshot_log_to_keep: 0,
-        purge_batch_size: 1,
-        ..Default::default()
-    };
-    Arc::new(config.validate().expect("valid raft config"))
-}
-
 /// A running node over the storage in `dir`, and its state for reads.
-async fn start(dir: &Path) -> (Raft, Arc<StateMachine>) {
+async fn start(dir: &Path) -> (Raft, Arc<StateDb>) {
     let (state, log, sm) = open(dir);
-    let raft = Raft::new(1, config(), NoPeers, log, sm)
+    let raft = Raft::new(1, test_config(SnapshotPolicy::Never), NoPeers, log, sm)
         .await
         .expect("start raft");
     (raft, state)
@@ -133,14 +117,14 @@ async fn start(dir: &Path) -> (Raft, Arc<StateMachine>) {
 /// files can be opened again as after a process restart. `shutdown` joins
 /// openraft's core task only: its workers drop their storage handles a
 /// moment later, and redb refuses a second open while one is alive.
-async fn stop(raft: Raft, state: Arc<StateMachine>, dir: &Path) {
+async fn stop(raft: Raft, state: Arc<StateDb>, dir: &Path) {
     raft.shutdown().await.expect("shutdown");
     drop(raft);
     drop(state);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let log = LogStore::open(&dir.join("raft/raft-log.redb"));
-        let state = StateMachine::open(&dir.join("state.redb"));
+        let state = StateDb::open(&dir.join("state.redb"));
         match (log, state) {
             (Ok(_), Ok(_)) => return,
             (log, state) if tokio::time::Instant::now() > deadline => {
@@ -168,7 +152,7 @@ async fn write(raft: &Raft, cmd: Command) -> u64 {
     response.log_id.index
 }
 
-fn tag_of(state: &StateMachine, tag: &str) -> Option<meta::TagRecord> {
+fn tag_of(state: &StateDb, tag: &str) -> Option<crate::TagRecord> {
     state
         .tag(&key("docker.io", "library/alpine", tag))
         .expect("read tag")
@@ -348,7 +332,7 @@ async fn snapshot_whose_header_disagrees_with_its_metadata_is_refused() {
         "nothing published"
     );
     assert!(matches!(
-        StateMachine::validate(&Command::SetTag {
+        StateDb::validate(&Command::SetTag {
             key: key("a\0", "b", "c"),
             record: record(1, 1)
         }),
