@@ -3,8 +3,6 @@
 //! and gets stream. A test binary of its own, so that the peak resident size
 //! it reads is this test's alone.
 
-mod common;
-
 use std::io::{Read as _, Write as _};
 
 use anyhow::Context as _;
@@ -31,7 +29,7 @@ fn peak_rss() -> anyhow::Result<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_objects_keep_memory_flat() -> anyhow::Result<()> {
     let server = S3Server::start()?;
-    let (store, _) = common::s3_store(&server, "", S3Timeouts::default()).await?;
+    let (store, _) = server.store("", S3Timeouts::default()).await?;
 
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("big");
@@ -44,11 +42,11 @@ async fn large_objects_keep_memory_flat() -> anyhow::Result<()> {
         file.write_all(&chunk)?;
     }
     drop(file);
-    let sha = hex::encode(hash.finalize());
+    let sha = format!("sha256:{}", hex::encode(hash.finalize()));
     let before = peak_rss()?;
 
     store.put_file("put", &path, SIZE as u64).await?;
-    assert_eq!(common::sha256_of(&store, "put", None).await?.0, sha);
+    assert_eq!(testkit::sha256_object(&store, "put", None).await?.0, sha);
 
     let mut writer = store.multipart("tee")?;
     let mut file = std::fs::File::open(&path)?;
@@ -62,7 +60,7 @@ async fn large_objects_keep_memory_flat() -> anyhow::Result<()> {
         writer.write(Bytes::from(chunk)).await?;
     }
     writer.complete().await?;
-    assert_eq!(common::sha256_of(&store, "tee", None).await?.0, sha);
+    assert_eq!(testkit::sha256_object(&store, "tee", None).await?.0, sha);
 
     let growth = peak_rss()?.saturating_sub(before);
     eprintln!(

@@ -1,8 +1,6 @@
 //! The object tier against a real SeaweedFS (testkit::S3Server) and against
 //! a local directory: every test body runs on both kinds of store.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -40,7 +38,7 @@ async fn fixtures() -> anyhow::Result<Vec<Fixture>> {
         _server: None,
     };
     let server = S3Server::start()?;
-    let (store, raw) = common::s3_store(&server, PREFIX, S3Timeouts::default()).await?;
+    let (store, raw) = server.store(PREFIX, S3Timeouts::default()).await?;
     let s3 = Fixture {
         name: "s3",
         store,
@@ -83,7 +81,7 @@ fn random_file(path: &Path, len: usize) -> anyhow::Result<String> {
         file.write_all(&chunk)?;
         left -= chunk.len();
     }
-    Ok(hex::encode(hash.finalize()))
+    Ok(format!("sha256:{}", hex::encode(hash.finalize())))
 }
 
 async fn read_all(store: &ObjectStore, key: &str, range: Option<(u64, u64)>) -> anyhow::Result<Vec<u8>> {
@@ -146,7 +144,10 @@ async fn put_file_small_and_large() -> anyhow::Result<()> {
             let key = format!("put/{name}");
             f.store.put_file(&key, &path, len as u64).await?;
             assert_eq!(f.store.head(&key).await?, Some(len as u64));
-            assert_eq!(common::sha256_of(&f.store, &key, None).await?, (sha, len as u64));
+            assert_eq!(
+                testkit::sha256_object(&f.store, &key, None).await?,
+                (sha, len as u64)
+            );
             if let (Some((raw, bucket)), Some(parts)) = (&f.raw, parts) {
                 let head = raw
                     .head_object()
@@ -337,7 +338,7 @@ async fn a_stopped_server_is_unavailable() -> anyhow::Result<()> {
         attempt: Duration::from_secs(2),
         max_attempts: 2,
     };
-    let (store, _) = common::s3_store(&server, PREFIX, timeouts).await?;
+    let (store, _) = server.store(PREFIX, timeouts).await?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("file");
     random_file(&path, 10 * MIB)?;

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use common::{Regcache, raw_request, raw_request_with};
-use testkit::{ImageSpec, OciLayout, Registry};
+use testkit::{Registry, SeededRegistry};
 
 /// What a bad request must get.
 #[derive(Debug)]
@@ -52,12 +52,12 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let registry = Registry::start().expect("upstream registry");
-    let mut layout = OciLayout::new().expect("layout");
-    let image = layout
-        .add_image("v1", &ImageSpec::new(&[64 << 10]))
-        .expect("image");
-    layout.push("v1", &registry, "library/api:v1").expect("push");
+    let SeededRegistry {
+        registry,
+        image,
+        layout,
+        ..
+    } = SeededRegistry::start(&[64 << 10], "library/api:v1").expect("a registry with an image");
     let layer = image.layer_digests[0].0.clone();
     let blob = std::fs::read(layout.blob_path(&layer)).expect("reading the layer");
     let sandbox = tempfile::tempdir().expect("tempdir");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::Regcache;
 use tempfile::TempDir;
-use testkit::{BuiltImage, ImageSpec, OciLayout, Process, Registry};
+use testkit::{BuiltImage, OciLayout, Process, Registry, SeededRegistry};
 
 /// Runs the regcache binary in `cwd` and returns its stdout; panics unless
 /// it succeeds.
@@ -53,14 +53,12 @@ fn run(cmd: &mut Command) -> String {
 /// A registry holding one random two-layer image under `repo_and_tag`, and
 /// the layout it was built in.
 fn upstream_with_image(repo_and_tag: &str) -> (Registry, OciLayout, BuiltImage) {
-    let registry = Registry::start().expect("starting docker-registry");
-    let mut layout = OciLayout::new().expect("creating a layout");
-    let image = layout
-        .add_image("v1", &ImageSpec::new(&[200_000, 30_000]))
-        .expect("building an image");
-    layout
-        .push("v1", &registry, repo_and_tag)
-        .expect("pushing to the upstream");
+    let SeededRegistry {
+        registry,
+        layout,
+        image,
+        ..
+    } = SeededRegistry::start(&[200_000, 30_000], repo_and_tag).expect("a registry with an image");
     registry.clear_log();
     (registry, layout, image)
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, manifest_digest};
 use common::{metric, raw_request};
-use testkit::{ImageSpec, OciLayout, Registry};
+use testkit::{ImageSpec, OciLayout, Registry, SeededRegistry};
 
 const ELECTION_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -94,12 +94,8 @@ fn wait_for_blob_entries(cluster: &Cluster, id: u64, n: f64) {
 
 #[test]
 fn a_blob_another_member_fetched_streams_from_the_object_tier_checked_by_its_crc() {
-    let registry = Registry::start().expect("registry");
-    let mut layout = OciLayout::new().expect("layout");
-    let image = layout
-        .add_image("v1", &ImageSpec::new(&[3_000_000, 2_000_000]))
-        .expect("image");
-    layout.push("v1", &registry, "library/app:v1").expect("push");
+    let SeededRegistry { registry, image, .. } =
+        SeededRegistry::start(&[3_000_000, 2_000_000], "library/app:v1").expect("a registry with an image");
     let [(good, _), (bad, _)] = [0, 1].map(|i| image.layer_digests[i].clone());
     let cluster = Cluster::start(&registry.url(), 2, &[]);
     cluster.leader(&[1, 2], ELECTION_DEADLINE);

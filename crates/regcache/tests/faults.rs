@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{ACCEPT_ALL, Regcache, client};
 use futures_util::future::join_all;
-use testkit::{BuiltImage, Fault, FaultProxy, ImageSpec, OciLayout, Registry, Rule};
+use testkit::{BuiltImage, Fault, FaultProxy, Registry, Rule, SeededRegistry};
 
 const USERNAME: &str = "regcache-faults";
 const PASSWORD: &str = "pw-7c1d9e-never-printed";
@@ -56,14 +56,8 @@ enum Pull {
 
 impl Stack {
     fn start(layers: &[u64]) -> Stack {
-        let registry = Registry::start().expect("starting the registry");
-        let mut layout = OciLayout::new().expect("creating a layout");
-        let image = layout
-            .add_image("v1", &ImageSpec::new(layers))
-            .expect("building the image");
-        layout
-            .push("v1", &registry, "library/app:v1")
-            .expect("pushing the image");
+        let SeededRegistry { registry, image, .. } =
+            SeededRegistry::start(layers, "library/app:v1").expect("a registry with an image");
         let proxy = FaultProxy::start(&registry).expect("starting the fault proxy");
         let dir = tempfile::tempdir().expect("temp dir");
         let password_file = dir.path().join("password");

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::{assert_dir_blobs_verified, metric, metrics, s3_args, skopeo_pull, start_s3_replica};
-use testkit::{ImageSpec, OciLayout, Registry, S3Server};
+use testkit::{S3Server, SeededRegistry};
 
 fn rebuild(data_dir: &std::path::Path, flags: &[String], env: &[(&str, String)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_regcache"))
@@ -20,13 +20,10 @@ fn rebuild(data_dir: &std::path::Path, flags: &[String], env: &[(&str, String)])
 
 #[test]
 fn rebuild_restores_the_index_from_the_bucket() {
-    let registry = Registry::start().unwrap();
+    let SeededRegistry { registry, image, .. } =
+        SeededRegistry::start(&[200_000, 9_000_000, 5_000], "library/app:v1")
+            .expect("a registry with an image");
     let s3 = S3Server::start().unwrap();
-    let mut layout = OciLayout::new().unwrap();
-    let image = layout
-        .add_image("v1", &ImageSpec::new(&[200_000, 9_000_000, 5_000]))
-        .unwrap();
-    layout.push("v1", &registry, "library/app:v1").unwrap();
     let mut expected: Vec<String> = image.layer_digests.iter().map(|(d, _)| d.clone()).collect();
     expected.push(image.config_digest.clone());
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, manifest_digest};
 use common::{ACCEPT_ALL, Regcache, metric, metrics, raw_request, raw_request_with};
-use testkit::{BuiltImage, Fault, FaultProxy, ImageSpec, OciLayout, Registry, Rule};
+use testkit::{BuiltImage, Fault, FaultProxy, ImageSpec, Rule, SeededRegistry};
 
 /// Longer than the lease (1.2 s) and the fail-fast window (5 s) together.
 const IDLE: Duration = Duration::from_secs(10);
@@ -33,27 +33,20 @@ fn cache_toml() -> String {
 
 /// A real registry holding `library/app:v1`, behind a fault proxy.
 struct Upstream {
-    registry: Registry,
-    layout: OciLayout,
-    image: BuiltImage,
+    seeded: SeededRegistry,
     proxy: FaultProxy,
 }
 
 impl Upstream {
     fn start() -> Upstream {
-        let registry = Registry::start().expect("registry");
-        let mut layout = OciLayout::new().expect("layout");
-        let image = layout
-            .add_image("v1", &ImageSpec::new(&[200_000, 3_000]))
-            .expect("image");
-        layout.push("v1", &registry, "library/app:v1").expect("push");
-        let proxy = FaultProxy::start(&registry).expect("fault proxy");
-        Upstream {
-            registry,
-            layout,
-            image,
-            proxy,
-        }
+        let seeded =
+            SeededRegistry::start(&[200_000, 3_000], "library/app:v1").expect("a registry with an image");
+        let proxy = FaultProxy::start(&seeded.registry).expect("fault proxy");
+        Upstream { seeded, proxy }
+    }
+
+    fn image(&self) -> &BuiltImage {
+        &self.seeded.image
     }
 
     /// Manifest requests by tag that reached the registry.
@@ -64,11 +57,9 @@ impl Upstream {
 
     /// Pushes a new image as `library/app:TAG`.
     fn push(&mut self, tag: &str, seed: u64) {
-        self.layout
-            .add_image(tag, &ImageSpec::new(&[10_000 + seed, 500]))
-            .expect("image");
-        self.layout
-            .push(tag, &self.registry, &format!("library/app:{tag}"))
+        let spec = ImageSpec::new(&[10_000 + seed, 500]);
+        self.seeded
+            .push(&spec, &format!("library/app:{tag}"))
             .expect("push");
     }
 }
@@ -119,7 +110,7 @@ fn assert_records_after_idling(upstream: &Upstream, members: &[&Regcache]) {
 
     let tag_checked = Instant::now();
     let before = upstream.tag_requests("v1");
-    let want = &upstream.image.manifest_digest;
+    let want = &upstream.image().manifest_digest;
     assert_eq!(&manifest_digest(members[0], "library/app", "v1"), want);
     assert_eq!(upstream.tag_requests("v1"), before + 1);
     // Followers apply the recorded tag a heartbeat later.
@@ -140,7 +131,7 @@ fn assert_records_after_idling(upstream: &Upstream, members: &[&Regcache]) {
         .iter()
         .map(|m| proposals(m, r#"command="touch",outcome="ok""#))
         .collect();
-    let (layer, size) = &upstream.image.layer_digests[0];
+    let (layer, size) = &upstream.image().layer_digests[0];
     for member in members {
         get_blob(member, layer, *size);
     }
@@ -277,9 +268,9 @@ fn soak(upstream: &mut Upstream, members: &[&Regcache]) {
         }
         assert_eq!(
             manifest_digest(member, "library/app", "v1"),
-            upstream.image.manifest_digest
+            upstream.image().manifest_digest
         );
-        let (layer, size) = &upstream.image.layer_digests[i % 2];
+        let (layer, size) = &upstream.image().layer_digests[i % 2];
         get_blob(member, layer, *size);
         std::thread::sleep(Duration::from_secs(1));
     }

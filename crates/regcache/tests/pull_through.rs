@@ -7,7 +7,7 @@ mod common;
 use common::{ACCEPT_ALL, Regcache, assert_dir_blobs_verified, client, raw_request, skopeo_pull};
 use futures_util::StreamExt;
 use sha2::{Digest as _, Sha256};
-use testkit::{ImageSpec, OciLayout, Registry};
+use testkit::{ImageSpec, OciLayout, Registry, SeededRegistry};
 
 fn spec(layers: &[u64]) -> ImageSpec {
     ImageSpec {
@@ -23,12 +23,9 @@ fn blob_gets(registry: &Registry) -> usize {
 
 #[test]
 fn pulls_by_tag_and_digest_cold_then_warm() {
-    let registry = Registry::start().unwrap();
-    let mut layout = OciLayout::new().unwrap();
-    let image = layout
-        .add_image("v1", &spec(&[300_000, 2_000_000, 10_000]))
-        .unwrap();
-    layout.push("v1", &registry, "library/app:v1").unwrap();
+    let SeededRegistry { registry, image, .. } =
+        SeededRegistry::start(&[300_000, 2_000_000, 10_000], "library/app:v1")
+            .expect("a registry with an image");
     let data = tempfile::tempdir().unwrap();
     let cache = Regcache::start(&registry, data.path(), &[]);
     registry.clear_log();
@@ -124,10 +121,8 @@ fn pulls_a_multi_arch_index_and_many_layers() {
 
 #[test]
 fn streams_a_large_layer_cold_and_warm() {
-    let registry = Registry::start().unwrap();
-    let mut layout = OciLayout::new().unwrap();
-    let image = layout.add_image("big", &spec(&[200 << 20])).unwrap();
-    layout.push("big", &registry, "library/big:1").unwrap();
+    let SeededRegistry { registry, image, .. } =
+        SeededRegistry::start(&[200 << 20], "library/big:1").expect("a registry with an image");
     let data = tempfile::tempdir().unwrap();
     let cache = Regcache::start(&registry, data.path(), &[]);
     let expected = vec![image.layer_digests[0].0.clone(), image.config_digest.clone()];
@@ -145,10 +140,8 @@ fn streams_a_large_layer_cold_and_warm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_gets_of_one_uncached_blob_share_one_upstream_fetch() {
-    let registry = Registry::start().unwrap();
-    let mut layout = OciLayout::new().unwrap();
-    let image = layout.add_image("v1", &spec(&[24 << 20])).unwrap();
-    layout.push("v1", &registry, "library/shared:v1").unwrap();
+    let SeededRegistry { registry, image, .. } =
+        SeededRegistry::start(&[24 << 20], "library/shared:v1").expect("a registry with an image");
     let data = tempfile::tempdir().unwrap();
     let cache = Regcache::start(&registry, data.path(), &[]);
     registry.clear_log();
@@ -189,10 +182,8 @@ async fn concurrent_gets_of_one_uncached_blob_share_one_upstream_fetch() {
 
 #[test]
 fn warm_cache_survives_a_restart() {
-    let registry = Registry::start().unwrap();
-    let mut layout = OciLayout::new().unwrap();
-    let image = layout.add_image("v1", &spec(&[500_000, 40_000])).unwrap();
-    layout.push("v1", &registry, "library/keep:v1").unwrap();
+    let SeededRegistry { registry, image, .. } =
+        SeededRegistry::start(&[500_000, 40_000], "library/keep:v1").expect("a registry with an image");
     let data = tempfile::tempdir().unwrap();
     let cache = Regcache::start(&registry, data.path(), &[]);
     let mut expected: Vec<String> = image.layer_digests.iter().map(|(d, _)| d.clone()).collect();
@@ -227,10 +218,8 @@ fn warm_cache_survives_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_carry_exact_bytes_and_headers() {
-    let registry = Registry::start().unwrap();
-    let mut layout = OciLayout::new().unwrap();
-    let image = layout.add_image("v1", &spec(&[1000])).unwrap();
-    layout.push("v1", &registry, "library/hdr:v1").unwrap();
+    let SeededRegistry { registry, image, .. } =
+        SeededRegistry::start(&[1000], "library/hdr:v1").expect("a registry with an image");
     let data = tempfile::tempdir().unwrap();
     let cache = Regcache::start(&registry, data.path(), &[]);
     let http = client();
@@ -266,10 +255,8 @@ async fn manifests_carry_exact_bytes_and_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_does_not_abort_the_download() {
-    let registry = Registry::start().unwrap();
-    let mut layout = OciLayout::new().unwrap();
-    let image = layout.add_image("v1", &spec(&[40 << 20])).unwrap();
-    layout.push("v1", &registry, "library/gone:v1").unwrap();
+    let SeededRegistry { registry, image, .. } =
+        SeededRegistry::start(&[40 << 20], "library/gone:v1").expect("a registry with an image");
     let data = tempfile::tempdir().unwrap();
     let cache = Regcache::start(&registry, data.path(), &[]);
     registry.clear_log();

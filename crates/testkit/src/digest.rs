@@ -30,6 +30,33 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(format_digest(hasher.finalize().as_slice()))
 }
 
+/// `sha256:<hex>` and length of the object at `key` (or its `range`) in
+/// `store`, hashed as it streams; fails when the body is not as long as
+/// the store announced.
+pub async fn sha256_object(
+    store: &objstore::ObjectStore,
+    key: &str,
+    range: Option<(u64, u64)>,
+) -> anyhow::Result<(String, u64)> {
+    use futures_util::TryStreamExt as _;
+    let mut body = store
+        .get(key, range)
+        .await?
+        .with_context(|| format!("{key} is missing"))?;
+    let announced = body.len();
+    let mut hasher = Sha256::new();
+    let mut len = 0;
+    while let Some(chunk) = body.try_next().await? {
+        hasher.update(&chunk);
+        len += chunk.len() as u64;
+    }
+    anyhow::ensure!(
+        len == announced,
+        "{key}: body of {len} bytes announced {announced}"
+    );
+    Ok((format_digest(hasher.finalize().as_slice()), len))
+}
+
 fn format_digest(hash: &[u8]) -> String {
     format!("sha256:{}", hex::encode(hash))
 }

@@ -28,9 +28,10 @@ mod layout;
 mod process;
 mod registry;
 mod s3;
+mod seeded;
 mod skopeo;
 
-pub use digest::{sha256_bytes, sha256_file};
+pub use digest::{sha256_bytes, sha256_file, sha256_object};
 pub use fault::{Fault, FaultProxy, Rule, Seen};
 pub use http::{free_port, stable_port, wait_for_http};
 pub use layer::LayerCompression;
@@ -38,4 +39,5 @@ pub use layout::{BuiltImage, BuiltIndex, ImageSpec, OciLayout};
 pub use process::Process;
 pub use registry::{AccessLine, Registry};
 pub use s3::S3Server;
+pub use seeded::SeededRegistry;
 pub use skopeo::skopeo;

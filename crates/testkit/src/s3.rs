@@ -14,6 +14,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use objstore::{ObjectStore, S3Config, S3Store, S3Timeouts};
 use tempfile::TempDir;
 
 use crate::http::{self, free_port};
@@ -100,6 +102,44 @@ impl S3Server {
     }
 
     /// `http://127.0.0.1:PORT`
+    /// A store on this server's bucket under `prefix`, with the server's
+    /// keys given directly (a test cannot set environment variables), and
+    /// a raw client of the same bucket. Async, unlike the rest of testkit:
+    /// the store is.
+    pub async fn store(
+        &self,
+        prefix: &str,
+        timeouts: S3Timeouts,
+    ) -> anyhow::Result<(ObjectStore, aws_sdk_s3::Client)> {
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(self.region().to_owned()))
+            .credentials_provider(Credentials::new(
+                self.access_key(),
+                self.secret_key(),
+                None,
+                None,
+                "testkit",
+            ))
+            .load()
+            .await;
+        let config = S3Config {
+            bucket: self.bucket().to_owned(),
+            prefix: prefix.to_owned(),
+            endpoint: Some(self.endpoint()),
+            region: self.region().to_owned(),
+            force_path_style: true,
+            timeouts,
+        };
+        let store = S3Store::with_sdk_config(config, &shared)?;
+        let raw = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&shared)
+                .endpoint_url(self.endpoint())
+                .force_path_style(true)
+                .build(),
+        );
+        Ok((ObjectStore::S3(store), raw))
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports.s3)
     }

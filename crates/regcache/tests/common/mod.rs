@@ -298,36 +298,14 @@ pub struct Bucket {
 
 impl Bucket {
     pub fn connect(s3: &S3Server) -> Bucket {
-        use aws_sdk_s3::config::Credentials;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime for the bucket client");
-        let shared = runtime.block_on(
-            aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .region(aws_config::Region::new(s3.region().to_owned()))
-                .credentials_provider(Credentials::new(
-                    s3.access_key(),
-                    s3.secret_key(),
-                    None,
-                    None,
-                    "test",
-                ))
-                .load(),
-        );
-        let cfg = objstore::S3Config {
-            bucket: s3.bucket().to_owned(),
-            prefix: String::new(),
-            endpoint: Some(s3.endpoint()),
-            region: s3.region().to_owned(),
-            force_path_style: true,
-            timeouts: objstore::S3Timeouts::default(),
-        };
-        let store = objstore::S3Store::with_sdk_config(cfg, &shared).expect("an s3 client");
-        Bucket {
-            store: objstore::ObjectStore::S3(store),
-            runtime,
-        }
+        let (store, _) = runtime
+            .block_on(s3.store("", objstore::S3Timeouts::default()))
+            .expect("an s3 client");
+        Bucket { store, runtime }
     }
 
     /// Every key under `prefix`, in key order.
@@ -378,24 +356,11 @@ impl Bucket {
     /// sha256 (`sha256:…`) of the object at `key`, checked against the
     /// length the store announced.
     pub fn sha256(&self, key: &str) -> String {
-        use futures_util::TryStreamExt as _;
-        use sha2::Digest as _;
-        self.runtime.block_on(async {
-            let mut body = self
-                .store
-                .get(key, None)
-                .await
-                .expect("getting an object")
-                .unwrap_or_else(|| panic!("{key} vanished"));
-            let announced = body.len();
-            let (mut hash, mut len) = (sha2::Sha256::new(), 0u64);
-            while let Some(chunk) = body.try_next().await.expect("reading an object") {
-                hash.update(&chunk);
-                len += chunk.len() as u64;
-            }
-            assert_eq!(len, announced, "{key}: body shorter than announced");
-            format!("sha256:{}", hex::encode(hash.finalize()))
-        })
+        let (digest, _) = self
+            .runtime
+            .block_on(testkit::sha256_object(&self.store, key, None))
+            .unwrap_or_else(|e| panic!("hashing {key}: {e:#}"));
+        digest
     }
 
     /// Every object under `blobs/` and `manifests/` hashes to the digest
