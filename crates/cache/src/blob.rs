@@ -37,8 +37,7 @@ impl Cache {
     ) -> Result<BlobHit, CacheError> {
         let hit = self.blob_from_tiers(src, repo, digest, range).await?;
         self.meta.record_access(digest);
-        metrics::counter!("regcache_cache_requests_total", "kind" => "blob", "tier" => hit.tier.as_str())
-            .increment(1);
+        crate::telemetry::request("blob", hit.tier);
         Ok(BlobHit {
             body: counted(hit.body, hit.tier),
             ..hit

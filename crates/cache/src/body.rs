@@ -72,7 +72,7 @@ async fn read_chunk(
 
 /// Counts the bytes a body delivers, by tier, as they are sent.
 pub(crate) fn counted(body: Body, tier: Tier) -> Body {
-    let counter = metrics::counter!("regcache_served_bytes_total", "tier" => tier.as_str());
+    let counter = crate::telemetry::served_bytes(tier);
     match body {
         Body::Full(bytes) => {
             counter.increment(bytes.len() as u64);

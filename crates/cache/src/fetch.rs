@@ -61,8 +61,7 @@ impl Fetch {
         // gateway (502) for the client, not an internal error.
         let e = match e {
             CacheError::Store(mismatch @ StoreError::DigestMismatch { .. }) => {
-                metrics::counter!("regcache_digest_mismatch_total", "upstream" => self.upstream.name().to_owned())
-                    .increment(1);
+                crate::telemetry::digest_mismatch(self.upstream.name());
                 CacheError::UpstreamBody(mismatch.to_string())
             }
             other => other,

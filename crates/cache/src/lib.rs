@@ -15,6 +15,7 @@ mod object_read;
 mod object_streams;
 mod object_tier;
 mod recent;
+mod telemetry;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -34,8 +34,7 @@ impl Cache {
             Reference::Tag(tag) => self.manifest_by_tag(src, repo, tag).await?,
         };
         self.meta.record_access(&hit.digest);
-        metrics::counter!("regcache_cache_requests_total", "kind" => "manifest", "tier" => hit.tier.as_str())
-            .increment(1);
+        crate::telemetry::request("manifest", hit.tier);
         if !media_types::accepts(accept.iter().copied(), &hit.media_type) {
             return Err(CacheError::NotAcceptable {
                 media_type: hit.media_type,
@@ -247,8 +246,7 @@ impl Cache {
         match (&error, record.as_ref().filter(servable)) {
             (CacheError::Upstream(e), Some(record)) if e.is_unavailable() => {
                 warn!(upstream = src.upstream.name(), repo = %repo, tag = %tag, error = %e, "serving stale tag");
-                metrics::counter!("regcache_stale_tags_served_total", "upstream" => key.upstream.clone())
-                    .increment(1);
+                crate::telemetry::stale_tag_served(&key.upstream);
                 let hit = self.manifest_by_digest(src, repo, &record.digest).await?;
                 Ok(ManifestHit {
                     tier: Tier::Stale,
@@ -338,8 +336,7 @@ impl Cache {
 fn verify(src: &Remote, expected: &Digest, bytes: &[u8]) -> Result<(), CacheError> {
     let actual = expected.rehash(bytes);
     if &actual != expected {
-        metrics::counter!("regcache_digest_mismatch_total", "upstream" => src.upstream.name().to_owned())
-            .increment(1);
+        crate::telemetry::digest_mismatch(src.upstream.name());
         return Err(CacheError::ManifestDigestMismatch {
             expected: expected.clone(),
             actual,

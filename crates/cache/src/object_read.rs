@@ -37,7 +37,7 @@ impl Check {
                 hasher: digest.hasher(),
             },
         };
-        metrics::counter!("regcache_objstore_checked_reads_total", "check" => check.name()).increment(1);
+        crate::telemetry::objstore_checked_read(check.name());
         check
     }
 

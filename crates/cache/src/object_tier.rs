@@ -45,7 +45,7 @@ impl ObjectTier {
     /// Counts a failed `operation`; bypasses the store for a while when it
     /// was unreachable.
     pub(crate) fn failed(&self, operation: &'static str, error: &ObjStoreError) {
-        metrics::counter!("regcache_objstore_errors_total", "operation" => operation).increment(1);
+        crate::telemetry::objstore_error(operation);
         if !error.is_unavailable() {
             warn!(operation, error = %error, "object store request failed");
             return;
@@ -215,7 +215,7 @@ impl ObjectTier {
     /// Deletes an object whose content does not match the digest its key
     /// names (bit rot, or a foreign write), so the next request refetches.
     pub(crate) async fn discard_corrupt(&self, key: &str) {
-        metrics::counter!("regcache_objstore_corrupt_total").increment(1);
+        crate::telemetry::objstore_corrupt();
         warn!(key, "object does not match its digest; deleting it");
         if let Err(e) = self.store.delete(&[key.to_owned()]).await {
             self.failed("delete", &e);
@@ -266,7 +266,7 @@ pub(crate) fn count_unstored(kind: ObjectKind) {
         ObjectKind::Blob => "blob",
         ObjectKind::Manifest => "manifest",
     };
-    metrics::counter!("regcache_objstore_unstored_total", "kind" => kind).increment(1);
+    crate::telemetry::objstore_unstored(kind);
 }
 
 fn now_ms() -> u64 {

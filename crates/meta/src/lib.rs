@@ -19,6 +19,7 @@ mod state_dump;
 mod state_dump_tests;
 mod status;
 mod tables;
+mod telemetry;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -108,9 +109,7 @@ impl Meta {
             Order::Raft(group) => group.propose(&cmd).await,
             Order::Offline(next_index) => self.apply_offline(next_index, cmd.clone()).await,
         };
-        let outcome = if result.is_ok() { "ok" } else { "failed" };
-        metrics::histogram!("regcache_meta_proposal_seconds", "command" => cmd.name(), "outcome" => outcome)
-            .record(started.elapsed().as_secs_f64());
+        telemetry::proposal(cmd.name(), result.is_ok(), started.elapsed());
         result
     }
 

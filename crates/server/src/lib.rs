@@ -5,6 +5,7 @@ mod error;
 mod handlers;
 mod observe;
 mod routing;
+mod telemetry;
 
 use std::sync::Arc;
 

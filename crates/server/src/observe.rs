@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use tracing::info;
 
-use crate::AppState;
+use crate::{AppState, telemetry};
 
 /// What a handler learned about a request, for the one log line and the
 /// metrics written when the response leaves.
@@ -27,10 +27,7 @@ pub async fn log_and_count(request: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     let info = response.extensions().get::<RequestInfo>().cloned();
     let route = info.as_ref().map_or("other", |i| i.route);
-    metrics::counter!("regcache_http_requests_total", "route" => route, "method" => method.to_string(), "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!("regcache_http_request_duration_seconds", "route" => route)
-        .record(elapsed.as_secs_f64());
+    telemetry::request(route, &method, status, elapsed);
     match info {
         Some(i) => info!(
             method = %method,
@@ -48,15 +45,8 @@ pub async fn log_and_count(request: Request, next: Next) -> Response {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    // The index's size is read when scraped rather than tracked on every write.
     match state.meta.stats() {
-        Ok(stats) => {
-            metrics::gauge!("regcache_index_entries", "kind" => "blob").set(stats.blobs as f64);
-            metrics::gauge!("regcache_index_entries", "kind" => "manifest").set(stats.manifests as f64);
-            metrics::gauge!("regcache_index_bytes", "kind" => "blob").set(stats.blob_bytes as f64);
-            metrics::gauge!("regcache_index_bytes", "kind" => "manifest").set(stats.manifest_bytes as f64);
-            metrics::gauge!("regcache_index_tags").set(stats.tags as f64);
-        }
+        Ok(stats) => telemetry::index(&stats),
         Err(e) => tracing::warn!(error = %e, "reading index stats failed"),
     }
     (

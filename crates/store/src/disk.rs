@@ -7,6 +7,7 @@ use tracing::{info, warn};
 
 use crate::StoreError;
 use crate::lru::Lru;
+use crate::telemetry;
 use crate::writer::BlobWriter;
 
 /// The local disk tier: one file per digest under
@@ -45,7 +46,7 @@ impl DiskStore {
             lru.insert(digest, size);
         }
         info!(blobs = lru.len(), bytes = lru.total_bytes(), dir = %dir.display(), "disk tier opened");
-        metrics::gauge!("regcache_disk_bytes").set(lru.total_bytes() as f64);
+        telemetry::disk_bytes(lru.total_bytes());
         Ok(DiskStore {
             inner: Arc::new(Inner {
                 blobs,
@@ -121,8 +122,8 @@ impl DiskStore {
                 warn!(digest = %victim, error = %e, "evicting blob failed");
             }
         }
-        metrics::counter!("regcache_disk_evictions_total").increment(evicted.len() as u64);
-        metrics::gauge!("regcache_disk_bytes").set(self.used_bytes() as f64);
+        telemetry::evicted(evicted.len());
+        telemetry::disk_bytes(self.used_bytes());
         Ok(evicted)
     }
 

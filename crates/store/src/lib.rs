@@ -6,6 +6,7 @@
 mod disk;
 mod lru;
 mod memory;
+mod telemetry;
 mod writer;
 
 pub use disk::DiskStore;

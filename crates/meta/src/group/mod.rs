@@ -27,8 +27,9 @@ use propose::Proposer;
 
 /// Leader heartbeats; a follower that hears none for an election timeout
 /// (600–1200 ms, random per member) stands for election. A leader lost to a
-/// crash is replaced in about 1.8–2.4 s: its lease (the maximum election
-/// timeout) first, then one election timeout.
+/// crash is replaced in 1.8–2.4 s: its lease (the maximum election
+/// timeout, 1.2 s) first, then one election timeout (docs/architecture.md,
+/// "Timing").
 const HEARTBEAT_MS: u64 = 100;
 const ELECTION_TIMEOUT_MS: (u64, u64) = (600, 1200);
 

@@ -6,13 +6,13 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use openraft::RaftMetrics;
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::{RaftMetrics, ServerState};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::raft::{self, Raft, TypeConfig};
-use crate::status;
+use crate::raft::{Raft, TypeConfig};
+use crate::{status, telemetry};
 
 /// How often the view is sampled between changes: writability also changes
 /// with time alone (a leader's lease runs out), which no change announces.
@@ -88,7 +88,7 @@ pub(crate) async fn observe(raft: Raft, last_writable: LastWritable, report_loss
         if writable {
             last_writable.mark();
         }
-        export(&metrics, writable);
+        telemetry::raft_view(&metrics, writable);
         report_leader(&metrics, &mut reported);
         report_members(&metrics, &mut reported);
         if writable != reported.writable && (writable || last_writable.elapsed() > report_loss_after) {
@@ -116,7 +116,7 @@ fn report_leader(metrics: &RaftMetrics<TypeConfig>, reported: &mut Reported) {
         return;
     }
     if reported.leader.is_some() {
-        metrics::counter!("regcache_raft_leader_changes_total").increment(1);
+        telemetry::leader_changed();
     }
     if leader == metrics.id {
         info!(
@@ -155,19 +155,4 @@ fn report_members(metrics: &RaftMetrics<TypeConfig>, reported: &mut Reported) {
         None => info!(voters = ?members.voters, learners = ?members.learners, "raft group members"),
     }
     reported.members = Some(members);
-}
-
-/// Raft's view as Prometheus gauges.
-fn export(metrics: &RaftMetrics<TypeConfig>, writable: bool) {
-    let index = |log_id: Option<&raft::LogId>| log_id.map_or(0.0, |l| l.index as f64);
-    metrics::gauge!("regcache_raft_term").set(metrics.current_term as f64);
-    metrics::gauge!("regcache_raft_last_log_index").set(metrics.last_log_index.unwrap_or(0) as f64);
-    metrics::gauge!("regcache_raft_commit_index").set(index(metrics.local_committed.as_ref()));
-    metrics::gauge!("regcache_raft_applied_index").set(index(metrics.last_applied.as_ref()));
-    metrics::gauge!("regcache_raft_snapshot_index").set(index(metrics.snapshot.as_ref()));
-    let is_leader = metrics.state == ServerState::Leader;
-    metrics::gauge!("regcache_raft_is_leader").set(if is_leader { 1.0 } else { 0.0 });
-    metrics::gauge!("regcache_raft_writable").set(if writable { 1.0 } else { 0.0 });
-    metrics::gauge!("regcache_raft_members")
-        .set(metrics.membership_config.membership().nodes().count() as f64);
 }

@@ -94,7 +94,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let snapshots = Arc::clone(&self.snapshots);
         let meta = meta.clone();
         blocking(move || install(&state, &snapshots, meta, snapshot)).await?;
-        metrics::counter!("regcache_raft_snapshots_installed_total").increment(1);
+        crate::telemetry::snapshot_installed();
         Ok(())
     }
 
@@ -119,7 +119,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let snapshots = Arc::clone(&self.snapshots);
         let started = std::time::Instant::now();
         let snapshot = blocking(move || build(&state, &snapshots)).await?;
-        metrics::histogram!("regcache_raft_snapshot_build_seconds").record(started.elapsed().as_secs_f64());
+        crate::telemetry::snapshot_built(started.elapsed());
         Ok(snapshot)
     }
 }

@@ -1,0 +1,52 @@
+//! The cache's metric names and how each is recorded, in one place so docs
+//! and dashboards have one place to look (docs/operations.md lists them).
+
+use crate::Tier;
+
+const REQUESTS: &str = "regcache_cache_requests_total";
+const SERVED_BYTES: &str = "regcache_served_bytes_total";
+const STALE_TAGS_SERVED: &str = "regcache_stale_tags_served_total";
+const DIGEST_MISMATCHES: &str = "regcache_digest_mismatch_total";
+const OBJSTORE_ERRORS: &str = "regcache_objstore_errors_total";
+const OBJSTORE_CORRUPT: &str = "regcache_objstore_corrupt_total";
+const OBJSTORE_UNSTORED: &str = "regcache_objstore_unstored_total";
+const OBJSTORE_CHECKED_READS: &str = "regcache_objstore_checked_reads_total";
+
+/// One request for a blob or a manifest (`kind`), by the tier that answered.
+pub(crate) fn request(kind: &'static str, tier: Tier) {
+    metrics::counter!(REQUESTS, "kind" => kind, "tier" => tier.as_str()).increment(1);
+}
+
+/// The counter of bytes sent from `tier`, incremented as a body streams.
+pub(crate) fn served_bytes(tier: Tier) -> metrics::Counter {
+    metrics::counter!(SERVED_BYTES, "tier" => tier.as_str())
+}
+
+pub(crate) fn stale_tag_served(upstream: &str) {
+    metrics::counter!(STALE_TAGS_SERVED, "upstream" => upstream.to_owned()).increment(1);
+}
+
+/// Bytes from `upstream` that did not match their digest.
+pub(crate) fn digest_mismatch(upstream: &str) {
+    metrics::counter!(DIGEST_MISMATCHES, "upstream" => upstream.to_owned()).increment(1);
+}
+
+pub(crate) fn objstore_error(operation: &'static str) {
+    metrics::counter!(OBJSTORE_ERRORS, "operation" => operation).increment(1);
+}
+
+/// An object that did not match the digest its key names (and was deleted).
+pub(crate) fn objstore_corrupt() {
+    metrics::counter!(OBJSTORE_CORRUPT).increment(1);
+}
+
+/// Content kept on local disk only: the object tier did not take it.
+pub(crate) fn objstore_unstored(kind: &'static str) {
+    metrics::counter!(OBJSTORE_UNSTORED, "kind" => kind).increment(1);
+}
+
+/// A stream from the object tier, by the check it runs (`crc64nvme`,
+/// `digest`).
+pub(crate) fn objstore_checked_read(check: &'static str) {
+    metrics::counter!(OBJSTORE_CHECKED_READS, "check" => check).increment(1);
+}

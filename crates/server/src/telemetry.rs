@@ -1,0 +1,28 @@
+//! The HTTP edge's metric names and how each is recorded, in one place so
+//! docs and dashboards have one place to look.
+
+use std::time::Duration;
+
+use meta::MetaStats;
+
+const REQUESTS: &str = "regcache_http_requests_total";
+const REQUEST_DURATION: &str = "regcache_http_request_duration_seconds";
+const INDEX_ENTRIES: &str = "regcache_index_entries";
+const INDEX_BYTES: &str = "regcache_index_bytes";
+const INDEX_TAGS: &str = "regcache_index_tags";
+
+/// One answered request, by route, method and status.
+pub(crate) fn request(route: &'static str, method: &http::Method, status: u16, elapsed: Duration) {
+    metrics::counter!(REQUESTS, "route" => route, "method" => method.to_string(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!(REQUEST_DURATION, "route" => route).record(elapsed.as_secs_f64());
+}
+
+/// The index's size, read when scraped rather than tracked on every write.
+pub(crate) fn index(stats: &MetaStats) {
+    metrics::gauge!(INDEX_ENTRIES, "kind" => "blob").set(stats.blobs as f64);
+    metrics::gauge!(INDEX_ENTRIES, "kind" => "manifest").set(stats.manifests as f64);
+    metrics::gauge!(INDEX_BYTES, "kind" => "blob").set(stats.blob_bytes as f64);
+    metrics::gauge!(INDEX_BYTES, "kind" => "manifest").set(stats.manifest_bytes as f64);
+    metrics::gauge!(INDEX_TAGS).set(stats.tags as f64);
+}
