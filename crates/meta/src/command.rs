@@ -19,9 +19,22 @@ pub enum Command {
     /// A batch of last-access times (unix seconds); only moves times forward;
     /// unknown digests are ignored.
     Touch { accesses: Vec<(Digest, u64)> },
-    /// Drop entries from the index (eviction / GC commit); unknown digests
-    /// are ignored.
+    /// Drop entries from the index (a replica's disk eviction); unknown
+    /// digests are ignored.
     RemoveEntries { digests: Vec<Digest> },
+    /// Opens garbage-collection pass `epoch`: content last accessed before
+    /// `cutoff` (unix seconds) may be condemned until the pass commits. A
+    /// pass still open is abandoned; an epoch not above the last is ignored.
+    GcStart { epoch: u64, cutoff: u64 },
+    /// Condemns the digests the leader marked, as far as they are still idle
+    /// and not rescued when this applies (see docs/gc.md).
+    GcCondemn { epoch: u64, digests: Vec<Digest> },
+    /// Removes up to `max` condemned entries from the index, in digest
+    /// order, and queues their object keys for the sweep; closes the pass
+    /// once nothing condemned is left.
+    GcCommit { epoch: u64, max: u32 },
+    /// The object keys a sweeper deleted, no longer to be swept.
+    Swept { keys: Vec<String> },
 }
 
 impl Command {
@@ -32,6 +45,10 @@ impl Command {
             Command::PutEntry { .. } => "put_entry",
             Command::Touch { .. } => "touch",
             Command::RemoveEntries { .. } => "remove_entries",
+            Command::GcStart { .. } => "gc_start",
+            Command::GcCondemn { .. } => "gc_condemn",
+            Command::GcCommit { .. } => "gc_commit",
+            Command::Swept { .. } => "swept",
         }
     }
 }

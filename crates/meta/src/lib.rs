@@ -11,6 +11,9 @@ mod command;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fixtures;
+mod gc;
+#[cfg(test)]
+mod gc_tests;
 mod group;
 mod raft;
 mod state;
@@ -32,6 +35,7 @@ use tracing::info;
 pub use access::AccessFlusher;
 pub use command::{Command, Entry, EntryKind, TagKey, TagRecord};
 pub use error::MetaError;
+pub use gc::GcState;
 pub use group::GroupSettings;
 pub use state::MetaStats;
 pub(crate) use state::StateDb;
@@ -190,6 +194,17 @@ impl Meta {
     /// may lag). For tools and the status page.
     pub fn tags_of(&self, upstream: &str, repo: &str) -> Result<Vec<(String, TagRecord)>, MetaError> {
         self.state.tags_of(upstream, repo)
+    }
+
+    /// Where garbage collection stands, as this replica applied it.
+    pub fn gc_state(&self) -> Result<GcState, MetaError> {
+        self.state.gc_state()
+    }
+
+    /// What a GC pass with `cutoff` (unix seconds) would condemn, read from
+    /// the local state while applies go on: manifests first, then blobs.
+    pub fn gc_mark(&self, cutoff: u64) -> Result<Vec<Digest>, MetaError> {
+        self.state.gc_mark(cutoff)
     }
 
     /// Counts and bytes of the local state (a follower may lag).

@@ -11,8 +11,9 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, WriteT
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
+use crate::gc;
 use crate::raft::{EntryPayload, LogEntry, LogId, Response, StoredMembership};
-use crate::tables::{self, ENTRIES, META, RAFT, TAGS, Totals};
+use crate::tables::{self, CONDEMNED, ENTRIES, GC, META, RAFT, RESCUED, SWEEP, TAGS, Totals};
 use crate::{Command, Entry, MetaError, TagKey, TagRecord};
 
 /// Counts for tools and the status page.
@@ -71,6 +72,10 @@ impl StateDb {
         txn.open_table(ENTRIES)?;
         txn.open_table(META)?;
         txn.open_table(RAFT)?;
+        txn.open_table(GC)?;
+        for table in [CONDEMNED, RESCUED, SWEEP] {
+            txn.open_table(table)?;
+        }
         txn.commit()?;
         Ok(StateDb { db })
     }
@@ -121,6 +126,12 @@ impl StateDb {
         txn.open_table(META)?;
         txn.delete_table(RAFT)?;
         txn.open_table(RAFT)?;
+        txn.delete_table(GC)?;
+        txn.open_table(GC)?;
+        for table in [CONDEMNED, RESCUED, SWEEP] {
+            txn.delete_table(table)?;
+            txn.open_table(table)?;
+        }
         txn.commit()?;
         Ok(())
     }
@@ -130,7 +141,13 @@ impl StateDb {
     pub fn validate(cmd: &Command) -> Result<(), MetaError> {
         match cmd {
             Command::SetTag { key, .. } => tables::tag_key(key).map(drop),
-            Command::PutEntry { .. } | Command::Touch { .. } | Command::RemoveEntries { .. } => Ok(()),
+            Command::PutEntry { .. }
+            | Command::Touch { .. }
+            | Command::RemoveEntries { .. }
+            | Command::GcStart { .. }
+            | Command::GcCondemn { .. }
+            | Command::GcCommit { .. }
+            | Command::Swept { .. } => Ok(()),
         }
     }
 
@@ -295,6 +312,10 @@ fn apply_in(txn: &WriteTransaction, index: u64, cmd: Option<&Command>) -> Result
             totals.add(&merged);
             tables::put_entry(&mut entries, &key, &merged)?;
             totals.store(&mut meta)?;
+            drop(entries);
+            // Being indexed now means being served now; a manifest also
+            // keeps what it references.
+            gc::rescue(txn, [digest])?;
         }
         Command::Touch { accesses } => {
             let mut entries = txn.open_table(ENTRIES)?;
@@ -307,6 +328,8 @@ fn apply_in(txn: &WriteTransaction, index: u64, cmd: Option<&Command>) -> Result
                     tables::put_entry(&mut entries, &key, &entry)?;
                 }
             }
+            drop(entries);
+            gc::rescue(txn, accesses.iter().map(|(digest, _)| digest))?;
         }
         Command::RemoveEntries { digests } => {
             let mut entries = txn.open_table(ENTRIES)?;
@@ -319,6 +342,10 @@ fn apply_in(txn: &WriteTransaction, index: u64, cmd: Option<&Command>) -> Result
             }
             totals.store(&mut meta)?;
         }
+        Command::GcStart { epoch, cutoff } => gc::start(txn, *epoch, *cutoff)?,
+        Command::GcCondemn { epoch, digests } => gc::condemn(txn, *epoch, digests)?,
+        Command::GcCommit { epoch, max } => gc::commit(txn, &mut meta, *epoch, *max)?,
+        Command::Swept { keys } => gc::swept(txn, keys)?,
     }
     tables::set_last_applied(&mut meta, Some(index))
 }

@@ -9,17 +9,20 @@
 use std::io::{BufRead, Write};
 
 use oci::Digest;
-use redb::{ReadableDatabase, ReadableTableMetadata};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use crate::gc::{self, GcState};
 use crate::state::{RaftApplied, StateDb};
-use crate::tables::{self, ENTRIES, META, RAFT, TAGS, Totals};
+use crate::tables::{self, CONDEMNED, ENTRIES, GC, META, RAFT, RESCUED, SWEEP, TAGS, Totals};
 use crate::{Entry, MetaError, TagKey, TagRecord};
 
 /// Bumped when a line changes meaning, so an old member refuses a new format.
-/// 2: the header carries `raft`.
-const FORMAT: u32 = 2;
+/// 2: the header carries `raft`. 3: garbage collection's state follows the
+/// entries (a format-2 snapshot has none, and installs as no pass open).
+const FORMAT: u32 = 3;
+const READABLE_FORMATS: [u32; 2] = [2, 3];
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -37,9 +40,24 @@ enum Line {
         digest: Digest,
         entry: Entry,
     },
+    Gc {
+        state: GcState,
+    },
+    Condemned {
+        digest: Digest,
+    },
+    Rescued {
+        digest: Digest,
+    },
+    Sweep {
+        key: String,
+    },
     End {
         tags: u64,
         entries: u64,
+        /// Condemned, rescued and sweep lines.
+        #[serde(default)]
+        gc: u64,
     },
 }
 
@@ -97,7 +115,8 @@ impl StateDb {
             )?;
             entries += 1;
         }
-        write_line(&mut out, &Line::End { tags, entries })?;
+        let gc = write_gc(&txn, &mut out)?;
+        write_line(&mut out, &Line::End { tags, entries, gc })?;
         out.flush()?;
         let info = SnapshotInfo {
             last_applied,
@@ -123,7 +142,16 @@ impl StateDb {
         txn.delete_table(ENTRIES)?;
         txn.delete_table(META)?;
         txn.delete_table(RAFT)?;
+        txn.delete_table(GC)?;
+        for table in [CONDEMNED, RESCUED, SWEEP] {
+            txn.delete_table(table)?;
+        }
         let (info, raft) = {
+            let mut gc_table = txn.open_table(GC)?;
+            let mut condemned = txn.open_table(CONDEMNED)?;
+            let mut rescued = txn.open_table(RESCUED)?;
+            let mut sweep = txn.open_table(SWEEP)?;
+            let mut gc_lines = 0;
             let mut tag_table = txn.open_table(TAGS)?;
             let mut entry_table = txn.open_table(ENTRIES)?;
             let mut meta = txn.open_table(META)?;
@@ -144,7 +172,7 @@ impl StateDb {
                     return Err(invalid("data after the trailer"));
                 }
                 match (parsed, header.is_some()) {
-                    (Line::Header { format, .. }, false) if format != FORMAT => {
+                    (Line::Header { format, .. }, false) if !READABLE_FORMATS.contains(&format) => {
                         return Err(invalid(&format!("unknown format {format}")));
                     }
                     (
@@ -175,8 +203,21 @@ impl StateDb {
                         }
                         totals.add(&entry);
                     }
-                    (Line::End { tags, entries }, true) => {
-                        if tags != tag_table.len()? || entries != totals.entries() {
+                    (Line::Gc { state }, true) => gc::set_state(&mut gc_table, &state)?,
+                    (Line::Condemned { digest }, true) => {
+                        condemned.insert(digest.to_string().as_str(), ())?;
+                        gc_lines += 1;
+                    }
+                    (Line::Rescued { digest }, true) => {
+                        rescued.insert(digest.to_string().as_str(), ())?;
+                        gc_lines += 1;
+                    }
+                    (Line::Sweep { key }, true) => {
+                        sweep.insert(key.as_str(), ())?;
+                        gc_lines += 1;
+                    }
+                    (Line::End { tags, entries, gc }, true) => {
+                        if tags != tag_table.len()? || entries != totals.entries() || gc != gc_lines {
                             return Err(invalid("counts do not match the records"));
                         }
                         end = Some((tags, entries));
@@ -223,10 +264,47 @@ pub(crate) fn read_raft_header(input: impl BufRead) -> Result<RaftApplied, MetaE
         return Err(invalid("no complete header line".to_owned()));
     }
     match serde_json::from_str(&line).map_err(|e| invalid(e.to_string()))? {
-        Line::Header { format, .. } if format != FORMAT => Err(invalid(format!("unknown format {format}"))),
+        Line::Header { format, .. } if !READABLE_FORMATS.contains(&format) => {
+            Err(invalid(format!("unknown format {format}")))
+        }
         Line::Header { raft, .. } => Ok(raft),
         _ => Err(invalid("missing header".to_owned())),
     }
+}
+
+/// Writes garbage collection's state and its sets; returns how many set
+/// lines it wrote.
+fn write_gc(txn: &redb::ReadTransaction, out: &mut impl Write) -> Result<u64, MetaError> {
+    write_line(
+        out,
+        &Line::Gc {
+            state: gc::state(&txn.open_table(GC)?)?,
+        },
+    )?;
+    let mut lines = 0;
+    for item in txn.open_table(CONDEMNED)?.iter()? {
+        let (key, _) = item?;
+        let digest = tables::decode_digest(key.value())?;
+        write_line(out, &Line::Condemned { digest })?;
+        lines += 1;
+    }
+    for item in txn.open_table(RESCUED)?.iter()? {
+        let (key, _) = item?;
+        let digest = tables::decode_digest(key.value())?;
+        write_line(out, &Line::Rescued { digest })?;
+        lines += 1;
+    }
+    for item in txn.open_table(SWEEP)?.iter()? {
+        let (key, _) = item?;
+        write_line(
+            out,
+            &Line::Sweep {
+                key: key.value().to_owned(),
+            },
+        )?;
+        lines += 1;
+    }
+    Ok(lines)
 }
 
 fn write_line(out: &mut impl Write, line: &Line) -> Result<(), MetaError> {

@@ -17,6 +17,15 @@ use crate::{Entry, EntryKind, MetaError, TagKey};
 pub(crate) const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
 /// Digest string -> JSON `Entry`.
 pub(crate) const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+/// Garbage collection: `"state"` -> JSON `GcState`.
+pub(crate) const GC: TableDefinition<&str, &[u8]> = TableDefinition::new("gc");
+/// Digests the open GC pass condemned, removed by its commit.
+pub(crate) const CONDEMNED: TableDefinition<&str, ()> = TableDefinition::new("gc_condemned");
+/// Digests served (or newly referenced) while the open pass runs: never
+/// condemned by it.
+pub(crate) const RESCUED: TableDefinition<&str, ()> = TableDefinition::new("gc_rescued");
+/// Object keys of entries a commit removed, until a sweeper deleted them.
+pub(crate) const SWEEP: TableDefinition<&str, ()> = TableDefinition::new("gc_sweep");
 /// Small named integers: the last applied log index and the entry totals.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Raft's bookkeeping about the state, written in the same transaction as

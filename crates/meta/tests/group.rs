@@ -123,8 +123,18 @@ async fn followers_forward_and_a_member_without_quorum_fails_fast_but_reads() {
         Err(MetaError::InvalidTagKey(_))
     ));
 
-    // Stop two members: the third cannot commit, but still reads.
+    // Stop two members: the third cannot commit, but still reads, once it
+    // has applied the tag.
     let survivor = members.pop().expect("three members");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tag(&survivor, "latest").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the tag never reached member {}",
+            id_of(&survivor)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for meta in &members {
         meta.shutdown().await;
     }

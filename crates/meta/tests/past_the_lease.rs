@@ -101,6 +101,11 @@ async fn a_leader_and_its_follower_cut_off_from_the_majority_are_read_only() {
     let (minority, majority): (Vec<Meta>, Vec<Meta>) = members
         .drain(..)
         .partition(|m| [leader, follower].contains(&id_of(m)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while minority.iter().any(|m| tag(m, "latest").is_none()) {
+        assert!(Instant::now() < deadline, "the tag never reached the minority");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for meta in &majority {
         meta.shutdown().await;
     }

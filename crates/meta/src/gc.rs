@@ -1,0 +1,234 @@
+//! Garbage collection in the state machine: a pass condemns idle content,
+//! accesses rescue it, and the commit removes what is still condemned. The
+//! Raft log orders each of these against every access, so all members agree
+//! on what went; docs/gc.md has the protocol and why it is safe.
+
+use std::collections::{HashMap, HashSet};
+
+use oci::Digest;
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::tables::{self, CONDEMNED, ENTRIES, GC, RESCUED, SWEEP, Totals};
+use crate::{EntryKind, MetaError, StateDb};
+
+const STATE: &str = "state";
+
+/// Where garbage collection stands, as every member applied it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcState {
+    /// The last pass started; 0 before the first.
+    pub epoch: u64,
+    /// The open pass's cutoff (unix seconds); `None` when no pass is open.
+    pub cutoff: Option<u64>,
+    /// Entries condemned and not yet removed or rescued.
+    #[serde(skip)]
+    pub condemned: u64,
+    /// Object keys removed from the index and not yet deleted.
+    #[serde(skip)]
+    pub to_sweep: u64,
+}
+
+impl GcState {
+    fn open_epoch(&self) -> Option<(u64, u64)> {
+        self.cutoff.map(|cutoff| (self.epoch, cutoff))
+    }
+}
+
+pub(crate) fn state(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<GcState, MetaError> {
+    match table.get(STATE)? {
+        Some(guard) => tables::decode("gc", STATE, guard.value()),
+        None => Ok(GcState::default()),
+    }
+}
+
+pub(crate) fn set_state(
+    table: &mut Table<&'static str, &'static [u8]>,
+    state: &GcState,
+) -> Result<(), MetaError> {
+    table.insert(STATE, tables::encode("gc state", state)?.as_slice())?;
+    Ok(())
+}
+
+/// `GcStart`: opens `epoch` when it is above the last one, abandoning a
+/// pass still open.
+pub(crate) fn start(txn: &WriteTransaction, epoch: u64, cutoff: u64) -> Result<(), MetaError> {
+    let mut table = txn.open_table(GC)?;
+    let current = state(&table)?;
+    if epoch <= current.epoch {
+        return Ok(());
+    }
+    for pass_table in [CONDEMNED, RESCUED] {
+        txn.delete_table(pass_table)?;
+        txn.open_table(pass_table)?;
+    }
+    let opened = GcState {
+        epoch,
+        cutoff: Some(cutoff),
+        ..GcState::default()
+    };
+    set_state(&mut table, &opened)
+}
+
+/// `GcCondemn`: condemns each digest that is indexed, still idle and not
+/// rescued in the open pass `epoch`.
+pub(crate) fn condemn(txn: &WriteTransaction, epoch: u64, digests: &[Digest]) -> Result<(), MetaError> {
+    let Some((open, cutoff)) = state(&txn.open_table(GC)?)?.open_epoch() else {
+        return Ok(());
+    };
+    if open != epoch {
+        return Ok(());
+    }
+    let entries = txn.open_table(ENTRIES)?;
+    let rescued = txn.open_table(RESCUED)?;
+    let mut condemned = txn.open_table(CONDEMNED)?;
+    for digest in digests {
+        let key = digest.to_string();
+        let Some(entry) = tables::get_entry(&entries, &key)? else {
+            continue;
+        };
+        if entry.last_access < cutoff && rescued.get(key.as_str())?.is_none() {
+            condemned.insert(key.as_str(), ())?;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps `digests`, and everything they reference when they are
+/// manifests, out of the open pass: they were served, or a manifest newly
+/// indexed names them. Nothing to do when no pass is open.
+pub(crate) fn rescue<'d>(
+    txn: &WriteTransaction,
+    digests: impl IntoIterator<Item = &'d Digest>,
+) -> Result<(), MetaError> {
+    if state(&txn.open_table(GC)?)?.cutoff.is_none() {
+        return Ok(());
+    }
+    let entries = txn.open_table(ENTRIES)?;
+    let mut rescued = txn.open_table(RESCUED)?;
+    let mut condemned = txn.open_table(CONDEMNED)?;
+    let mut pending: Vec<String> = digests.into_iter().map(Digest::to_string).collect();
+    while let Some(key) = pending.pop() {
+        if rescued.insert(key.as_str(), ())?.is_some() {
+            continue; // rescued already, and what it references with it
+        }
+        condemned.remove(key.as_str())?;
+        if let Some(entry) = tables::get_entry(&entries, &key)?
+            && entry.kind == EntryKind::Manifest
+        {
+            pending.extend(entry.refs.iter().map(Digest::to_string));
+        }
+    }
+    Ok(())
+}
+
+/// `GcCommit`: removes up to `max` condemned entries, queues their object
+/// keys for the sweep, and closes the pass when none is left.
+pub(crate) fn commit(
+    txn: &WriteTransaction,
+    meta: &mut Table<&'static str, u64>,
+    epoch: u64,
+    max: u32,
+) -> Result<(), MetaError> {
+    let mut gc = txn.open_table(GC)?;
+    let current = state(&gc)?;
+    if current.open_epoch().is_none_or(|(open, _)| open != epoch) {
+        return Ok(());
+    }
+    let mut condemned = txn.open_table(CONDEMNED)?;
+    let chunk: Vec<String> = condemned
+        .iter()?
+        .take(max as usize)
+        .map(|item| item.map(|(key, _)| key.value().to_owned()))
+        .collect::<Result<_, _>>()?;
+    let mut entries = txn.open_table(ENTRIES)?;
+    let mut sweep = txn.open_table(SWEEP)?;
+    let mut totals = Totals::load(meta)?;
+    for key in &chunk {
+        condemned.remove(key.as_str())?;
+        if let Some(old) = entries.remove(key.as_str())? {
+            let entry: crate::Entry = tables::decode("entries", key, old.value())?;
+            if let Some(object_key) = &entry.object_key {
+                sweep.insert(object_key.as_str(), ())?;
+            }
+            totals.sub(&entry)?;
+        }
+    }
+    totals.store(meta)?;
+    if condemned.is_empty()? {
+        let closed = GcState {
+            cutoff: None,
+            ..current
+        };
+        set_state(&mut gc, &closed)?;
+        drop(condemned);
+        txn.delete_table(RESCUED)?;
+        txn.open_table(RESCUED)?;
+    }
+    Ok(())
+}
+
+/// `Swept`: forgets object keys a sweeper deleted.
+pub(crate) fn swept(txn: &WriteTransaction, keys: &[String]) -> Result<(), MetaError> {
+    let mut sweep = txn.open_table(SWEEP)?;
+    for key in keys {
+        sweep.remove(key.as_str())?;
+    }
+    Ok(())
+}
+
+impl StateDb {
+    /// Where garbage collection stands here.
+    pub(crate) fn gc_state(&self) -> Result<GcState, MetaError> {
+        let txn = self.db.begin_read()?;
+        let mut state = state(&txn.open_table(GC)?)?;
+        state.condemned = txn.open_table(CONDEMNED)?.len()?;
+        state.to_sweep = txn.open_table(SWEEP)?.len()?;
+        Ok(state)
+    }
+
+    /// What a pass with `cutoff` would condemn, as of one read transaction
+    /// (applies go on meanwhile): every entry last accessed before `cutoff`
+    /// that no manifest accessed since references, directly or through an
+    /// index. Manifests come first, so a manifest rescued before its chunk
+    /// applies has rescued its references before theirs does.
+    pub(crate) fn gc_mark(&self, cutoff: u64) -> Result<Vec<Digest>, MetaError> {
+        let txn = self.db.begin_read()?;
+        let mut idle: HashMap<Digest, EntryKind> = HashMap::new();
+        // References of manifests, by manifest, to walk from the live ones.
+        let mut refs: HashMap<Digest, Vec<Digest>> = HashMap::new();
+        let mut live_manifests = Vec::new();
+        for item in txn.open_table(ENTRIES)?.iter()? {
+            let (key, value) = item?;
+            let digest = tables::decode_digest(key.value())?;
+            let entry: crate::Entry = tables::decode("entries", key.value(), value.value())?;
+            let is_manifest = entry.kind == EntryKind::Manifest;
+            if entry.last_access >= cutoff {
+                if is_manifest {
+                    live_manifests.push(digest.clone());
+                }
+            } else {
+                idle.insert(digest.clone(), entry.kind);
+            }
+            if is_manifest && !entry.refs.is_empty() {
+                refs.insert(digest, entry.refs);
+            }
+        }
+        let mut kept: HashSet<Digest> = HashSet::new();
+        let mut pending = live_manifests;
+        while let Some(manifest) = pending.pop() {
+            for referenced in refs.get(&manifest).into_iter().flatten() {
+                if kept.insert(referenced.clone()) {
+                    pending.push(referenced.clone());
+                }
+            }
+        }
+        let mut marked: Vec<(bool, Digest)> = idle
+            .into_iter()
+            .filter(|(digest, _)| !kept.contains(digest))
+            .map(|(digest, kind)| (kind != EntryKind::Manifest, digest))
+            .collect();
+        marked.sort();
+        Ok(marked.into_iter().map(|(_, digest)| digest).collect())
+    }
+}
