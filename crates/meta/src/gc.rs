@@ -192,43 +192,51 @@ impl StateDb {
     /// that no manifest accessed since references, directly or through an
     /// index. Manifests come first, so a manifest rescued before its chunk
     /// applies has rescued its references before theirs does.
+    ///
+    /// The reference graph is kept as 64-bit hashes of the digests, a few
+    /// bytes an edge instead of two strings: a collision can only make an
+    /// idle digest look referenced, and so keep it, never condemn one.
     pub(crate) fn gc_mark(&self, cutoff: u64) -> Result<Vec<Digest>, MetaError> {
         let txn = self.db.begin_read()?;
-        let mut idle: HashMap<Digest, EntryKind> = HashMap::new();
-        // References of manifests, by manifest, to walk from the live ones.
-        let mut refs: HashMap<Digest, Vec<Digest>> = HashMap::new();
+        let mut idle: Vec<(bool, Digest)> = Vec::new();
+        let mut refs: HashMap<u64, Vec<u64>> = HashMap::new();
         let mut live_manifests = Vec::new();
         for item in txn.open_table(ENTRIES)?.iter()? {
             let (key, value) = item?;
-            let digest = tables::decode_digest(key.value())?;
             let entry: crate::Entry = tables::decode("entries", key.value(), value.value())?;
             let is_manifest = entry.kind == EntryKind::Manifest;
+            let id = hash_of(key.value());
             if entry.last_access >= cutoff {
                 if is_manifest {
-                    live_manifests.push(digest.clone());
+                    live_manifests.push(id);
                 }
             } else {
-                idle.insert(digest.clone(), entry.kind);
+                idle.push((!is_manifest, tables::decode_digest(key.value())?));
             }
             if is_manifest && !entry.refs.is_empty() {
-                refs.insert(digest, entry.refs);
+                refs.insert(id, entry.refs.iter().map(|r| hash_of(&r.to_string())).collect());
             }
         }
-        let mut kept: HashSet<Digest> = HashSet::new();
+        let mut kept: HashSet<u64> = HashSet::new();
         let mut pending = live_manifests;
         while let Some(manifest) = pending.pop() {
             for referenced in refs.get(&manifest).into_iter().flatten() {
-                if kept.insert(referenced.clone()) {
-                    pending.push(referenced.clone());
+                if kept.insert(*referenced) {
+                    pending.push(*referenced);
                 }
             }
         }
-        let mut marked: Vec<(bool, Digest)> = idle
-            .into_iter()
-            .filter(|(digest, _)| !kept.contains(digest))
-            .map(|(digest, kind)| (kind != EntryKind::Manifest, digest))
-            .collect();
-        marked.sort();
-        Ok(marked.into_iter().map(|(_, digest)| digest).collect())
+        drop(refs);
+        idle.retain(|(_, digest)| !kept.contains(&hash_of(&digest.to_string())));
+        idle.sort();
+        Ok(idle.into_iter().map(|(_, digest)| digest).collect())
     }
+}
+
+/// A digest's key as a 64-bit hash, the same for every spelling source.
+fn hash_of(digest: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    digest.hash(&mut hasher);
+    hasher.finish()
 }
