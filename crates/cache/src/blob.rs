@@ -52,6 +52,7 @@ impl Cache {
         range: Option<ByteRange>,
     ) -> Result<BlobHit, CacheError> {
         if let Some(object) = self.memory.get(digest).await {
+            self.disk.touch(digest);
             return from_bytes(object.bytes, range, Tier::Memory);
         }
         // Twice at most: a download may commit between the disk lookup and

@@ -161,6 +161,12 @@ impl Cache {
 }
 
 impl Cache {
+    /// Applies the disk tier's capacity to what an earlier run kept (it may
+    /// have been lowered since), and drops what that evicts from the index.
+    pub async fn trim_disk(&self) {
+        forget_evicted(&self.meta, self.disk.trim()).await;
+    }
+
     /// Waits up to `timeout` for the downloads under way to end (at
     /// shutdown: a blob already sent to clients is still being made durable
     /// and stored). Returns how many were left.

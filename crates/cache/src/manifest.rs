@@ -71,6 +71,7 @@ impl Cache {
             media_type: Some(media_type),
         }) = self.memory.get(digest).await
         {
+            self.disk.touch(digest);
             let digest = digest.clone();
             return Ok(Some(ManifestHit {
                 digest,

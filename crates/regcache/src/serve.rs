@@ -36,6 +36,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     };
     let objects = object_tier(&config.storage).await?;
     let cache = Arc::new(Cache::new(memory, disk, objects, Arc::clone(&meta), settings));
+    cache.trim_disk().await;
 
     let mut sources = Vec::new();
     for entry in &config.upstreams {

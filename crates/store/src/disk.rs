@@ -111,11 +111,25 @@ impl DiskStore {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
         }
         std::fs::rename(tmp, &path).map_err(|e| StoreError::io(&path, e))?;
-        let evicted = {
-            let mut lru = self.lru();
-            lru.insert(digest.clone(), size);
-            lru.evict_to(self.inner.capacity, digest)
-        };
+        self.lru().insert(digest.clone(), size);
+        Ok(self.evict(Some(digest)))
+    }
+
+    /// Evicts what no longer fits the capacity, e.g. blobs a larger
+    /// `disk_bytes` kept before a restart; returns what it evicted.
+    pub fn trim(&self) -> Vec<Digest> {
+        self.evict(None)
+    }
+
+    /// Counts a use of a stored blob served from elsewhere (the memory
+    /// tier), so the disk tier keeps what is hot.
+    pub fn touch(&self, digest: &Digest) {
+        self.lru().touch(digest);
+    }
+
+    /// Evicts least recently used blobs, never `keep`, until the rest fits.
+    fn evict(&self, keep: Option<&Digest>) -> Vec<Digest> {
+        let evicted = self.lru().evict_to(self.inner.capacity, keep);
         for victim in &evicted {
             let victim_path = self.path_of(victim);
             if let Err(e) = std::fs::remove_file(&victim_path) {
@@ -124,7 +138,7 @@ impl DiskStore {
         }
         telemetry::evicted(evicted.len());
         telemetry::disk_bytes(self.used_bytes());
-        Ok(evicted)
+        evicted
     }
 
     fn path_of(&self, digest: &Digest) -> PathBuf {

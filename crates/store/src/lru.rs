@@ -46,10 +46,10 @@ impl Lru {
 
     /// Removes least recently used blobs until the total fits `capacity`,
     /// never `keep` (the blob just written: evicting it would waste the fetch).
-    pub(crate) fn evict_to(&mut self, capacity: u64, keep: &Digest) -> Vec<Digest> {
+    pub(crate) fn evict_to(&mut self, capacity: u64, keep: Option<&Digest>) -> Vec<Digest> {
         let mut evicted = Vec::new();
         while self.total_bytes > capacity {
-            let Some(digest) = self.order.values().find(|d| *d != keep).cloned() else {
+            let Some(digest) = self.order.values().find(|d| Some(*d) != keep).cloned() else {
                 break;
             };
             self.remove(&digest);
@@ -88,7 +88,7 @@ mod tests {
         lru.insert(d(3), 10);
         assert_eq!(lru.touch(&d(1)), Some(10));
         lru.insert(d(4), 10);
-        assert_eq!(lru.evict_to(20, &d(4)), vec![d(2), d(3)]);
+        assert_eq!(lru.evict_to(20, Some(&d(4))), vec![d(2), d(3)]);
         assert_eq!(lru.total_bytes(), 20);
         assert_eq!(lru.len(), 2);
     }
@@ -97,7 +97,7 @@ mod tests {
     fn never_evicts_the_kept_blob() {
         let mut lru = Lru::default();
         lru.insert(d(1), 100);
-        assert!(lru.evict_to(10, &d(1)).is_empty());
+        assert!(lru.evict_to(10, Some(&d(1))).is_empty());
         assert_eq!(lru.size_of(&d(1)), Some(100));
     }
 }

@@ -272,6 +272,60 @@ mod tests {
         assert_eq!(size, 10);
     }
 
+    /// Writes blobs of ten bytes each, filled with each of `bytes`; returns
+    /// their digests, oldest first.
+    async fn ten_byte_blobs(store: &DiskStore, bytes: std::ops::Range<u8>) -> Vec<Digest> {
+        let mut digests = Vec::new();
+        for i in bytes {
+            let body = vec![i; 10];
+            let d = Digest::sha256_of(&body);
+            let mut w = store.writer(&d).unwrap();
+            w.append(Bytes::from(body)).await.unwrap();
+            w.commit().await.unwrap();
+            digests.push(d);
+        }
+        digests
+    }
+
+    #[tokio::test]
+    async fn a_lowered_capacity_applies_when_trimmed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 100).unwrap();
+        let digests = ten_byte_blobs(&store, 0..4).await;
+        drop(store);
+        // Reopening orders by modification time: make it distinct.
+        for (age, digest) in digests.iter().rev().enumerate() {
+            let hex = digest.hex();
+            let path = dir.path().join("blobs/sha256").join(&hex[..2]).join(hex);
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(60 * (age as u64 + 1));
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        }
+        let smaller = DiskStore::open(dir.path(), 25).unwrap();
+        assert_eq!(smaller.used_bytes(), 40, "opening alone removes nothing");
+        assert_eq!(smaller.trim(), digests[..2].to_vec(), "the oldest go first");
+        assert_eq!(smaller.used_bytes(), 20);
+        assert!(smaller.open_blob(&digests[0]).await.unwrap().is_none());
+        assert!(smaller.trim().is_empty(), "nothing more to do");
+    }
+
+    #[tokio::test]
+    async fn a_blob_served_from_elsewhere_stays_hot_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 30).unwrap();
+        let digests = ten_byte_blobs(&store, 0..3).await;
+        // The oldest is served from memory: the disk must not evict it next.
+        store.touch(&digests[0]);
+        let newest = ten_byte_blobs(&store, 3..4).await.pop().unwrap();
+        assert_eq!(store.size_of(&digests[0]), Some(10));
+        assert_eq!(store.size_of(&digests[1]), None);
+        assert_eq!(store.size_of(&newest), Some(10));
+    }
+
     #[tokio::test]
     async fn unfinished_writes_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();

@@ -53,17 +53,20 @@ pub fn replica(
     meta: Arc<Meta>,
 ) -> (Cache, Remote, DiskStore) {
     let disk = DiskStore::open(dir, 1 << 30).expect("opening disk tier");
+    (cache_with(disk.clone(), objects, meta), remote(url), disk)
+}
+
+/// A cache over `disk`, with no memory tier to speak of.
+pub fn cache_with(disk: DiskStore, objects: Option<Arc<ObjectTier>>, meta: Arc<Meta>) -> Cache {
     let settings = CacheSettings {
         max_stale: Duration::from_secs(60),
         max_manifest_bytes: 1 << 20,
     };
-    let cache = Cache::new(
-        MemoryStore::new(1 << 20, 0),
-        disk.clone(),
-        objects,
-        meta,
-        settings,
-    );
+    Cache::new(MemoryStore::new(1 << 20, 0), disk, objects, meta, settings)
+}
+
+/// The upstream at `url` as docker.io.
+pub fn remote(url: &str) -> Remote {
     let upstream = Upstream::new(UpstreamConfig {
         name: "docker.io".into(),
         remote_url: url.parse().expect("url"),
@@ -75,14 +78,10 @@ pub fn replica(
         read_timeout: Duration::from_secs(2),
     })
     .expect("upstream");
-    (
-        cache,
-        Remote {
-            upstream,
-            tag_ttl: Duration::from_secs(60),
-        },
-        disk,
-    )
+    Remote {
+        upstream,
+        tag_ttl: Duration::from_secs(60),
+    }
 }
 
 /// Reads a whole body; an error ends it early.
