@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use oci::Digest;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::warn;
@@ -17,6 +17,9 @@ use crate::{Meta, MetaError};
 #[derive(Default)]
 pub(crate) struct PendingAccesses {
     latest: Mutex<HashMap<Digest, u64>>,
+    /// Wakes the flusher before its interval: an access to content a GC
+    /// pass condemned must rescue it before the pass commits.
+    urgent: Notify,
 }
 
 impl PendingAccesses {
@@ -38,6 +41,11 @@ impl PendingAccesses {
         let mut accesses: Vec<_> = taken.into_iter().collect();
         accesses.sort_unstable();
         accesses
+    }
+
+    /// Asks for a flush now rather than at the next interval.
+    pub(crate) fn flush_soon(&self) {
+        self.urgent.notify_one();
     }
 
     /// Puts back a batch whose flush failed, so the next flush retries it.
@@ -84,11 +92,11 @@ async fn run(
         tokio::select! {
             // Either a shutdown or a dropped handle.
             _ = &mut stopped => break,
-            _ = ticker.tick() => {
-                if let Err(error) = meta.flush_accesses().await {
-                    warn!(%error, "flushing access times failed; retrying next interval");
-                }
-            }
+            _ = ticker.tick() => {}
+            _ = meta.accesses.urgent.notified() => {}
+        }
+        if let Err(error) = meta.flush_accesses().await {
+            warn!(%error, "flushing access times failed; retrying next interval");
         }
     }
     meta.flush_accesses().await.map(drop)

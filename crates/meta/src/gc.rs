@@ -178,6 +178,15 @@ pub(crate) fn swept(txn: &WriteTransaction, keys: &[String]) -> Result<(), MetaE
 }
 
 impl StateDb {
+    /// Whether the open GC pass condemned `digest`.
+    pub(crate) fn is_condemned(&self, digest: &Digest) -> Result<bool, MetaError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn
+            .open_table(CONDEMNED)?
+            .get(digest.to_string().as_str())?
+            .is_some())
+    }
+
     /// Where garbage collection stands here.
     pub(crate) fn gc_state(&self) -> Result<GcState, MetaError> {
         let txn = self.db.begin_read()?;

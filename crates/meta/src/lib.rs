@@ -213,13 +213,17 @@ impl Meta {
     }
 
     /// Notes that `digest` was served now, without a write: the flusher
-    /// proposes all noted accesses as one `Touch` per interval. Memory is
+    /// proposes all noted accesses as one `Touch` per interval, or at once
+    /// when a GC pass condemned `digest` (the access rescues it). Memory is
     /// one map slot per distinct digest served since the last flush.
     pub fn record_access(&self, digest: &Digest) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         self.accesses.record(digest, now);
+        if self.state.is_condemned(digest).unwrap_or(false) {
+            self.accesses.flush_soon();
+        }
     }
 
     /// Proposes the accesses noted so far as one `Touch`, now; returns how
