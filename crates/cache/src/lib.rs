@@ -2,12 +2,13 @@
 //! that has it (memory, local disk, a download already under way, the
 //! shared object tier), else fetch it once from the upstream while
 //! streaming it to every client that asks; resolve tags with TTL-bounded
-//! revalidation and stale serving.
+//! revalidation and stale serving; collect what nobody pulls any more.
 
 mod blob;
 mod body;
 mod disk_fill;
 mod fetch;
+mod gc;
 mod inflight;
 mod keyed_lock;
 mod manifest;
@@ -28,6 +29,7 @@ use store::{DiskStore, MemoryStore, StoreError};
 use upstream::{Upstream, UpstreamError};
 
 pub use blob::BlobHit;
+pub use gc::GcSettings;
 pub use manifest::ManifestHit;
 pub use object_tier::ObjectTier;
 

@@ -222,6 +222,14 @@ impl ObjectTier {
         }
     }
 
+    /// Deletes objects garbage collection removed from the index.
+    pub(crate) async fn delete(&self, keys: &[String]) -> Result<(), ObjStoreError> {
+        self.store
+            .delete(keys)
+            .await
+            .inspect_err(|e| self.failed("delete", e))
+    }
+
     /// Stores a small object (a manifest) in one request; returns its key,
     /// or `None` when it could not be stored.
     pub(crate) async fn put_small(&self, kind: ObjectKind, digest: &Digest, bytes: Bytes) -> Option<String> {

@@ -178,6 +178,18 @@ pub(crate) fn swept(txn: &WriteTransaction, keys: &[String]) -> Result<(), MetaE
 }
 
 impl StateDb {
+    /// Up to `limit` object keys a commit removed and no sweeper deleted yet.
+    pub(crate) fn gc_sweep_keys(&self, limit: usize) -> Result<Vec<String>, MetaError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SWEEP)?;
+        let keys = table
+            .iter()?
+            .take(limit)
+            .map(|item| item.map(|(key, _)| key.value().to_owned()))
+            .collect::<Result<_, _>>()?;
+        Ok(keys)
+    }
+
     /// Whether the open GC pass condemned `digest`.
     pub(crate) fn is_condemned(&self, digest: &Digest) -> Result<bool, MetaError> {
         let txn = self.db.begin_read()?;

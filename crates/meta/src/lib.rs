@@ -207,6 +207,20 @@ impl Meta {
         self.state.gc_mark(cutoff)
     }
 
+    /// Up to `limit` object keys GC removed from the index and no sweeper
+    /// deleted yet; `Command::Swept` forgets them once deleted.
+    pub fn gc_sweep_keys(&self, limit: usize) -> Result<Vec<String>, MetaError> {
+        self.state.gc_sweep_keys(limit)
+    }
+
+    /// Whether this replica leads the group (offline: it is the only one).
+    pub fn leads(&self) -> bool {
+        match &self.order {
+            Order::Raft(group) => group.status().state == "leader",
+            Order::Offline(_) => true,
+        }
+    }
+
     /// Counts and bytes of the local state (a follower may lag).
     pub fn stats(&self) -> Result<MetaStats, MetaError> {
         self.state.stats()

@@ -42,6 +42,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub storage: StorageConfig,
     pub cluster: ClusterConfig,
+    /// Garbage collection: idle content goes after `ttl` (docs/gc.md).
+    pub gc: cache::GcSettings,
     pub upstreams: Vec<UpstreamConfigEntry>,
 }
 

@@ -37,6 +37,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     let objects = object_tier(&config.storage).await?;
     let cache = Arc::new(Cache::new(memory, disk, objects, Arc::clone(&meta), settings));
     cache.trim_disk().await;
+    let collector = cache.spawn_collector(config.gc);
 
     let mut sources = Vec::new();
     for entry in &config.upstreams {
@@ -94,6 +95,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving http")?;
+    collector.abort();
     let left = cache.finish_downloads(SHUTDOWN_DOWNLOAD_WAIT).await;
     if left > 0 {
         tracing::warn!(

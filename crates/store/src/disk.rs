@@ -100,6 +100,11 @@ impl DiskStore {
         }
     }
 
+    /// Every stored blob's digest.
+    pub fn digests(&self) -> Vec<Digest> {
+        self.lru().digests()
+    }
+
     pub fn used_bytes(&self) -> u64 {
         self.lru().total_bytes()
     }

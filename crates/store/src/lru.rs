@@ -66,6 +66,10 @@ impl Lru {
         self.entries.len()
     }
 
+    pub(crate) fn digests(&self) -> Vec<Digest> {
+        self.entries.keys().cloned().collect()
+    }
+
     fn bump(&mut self) -> u64 {
         self.next_tick += 1;
         self.next_tick

@@ -21,7 +21,17 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub cluster: RawCluster,
     #[serde(default)]
+    pub gc: RawGc,
+    #[serde(default)]
     pub upstream: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGc {
+    pub ttl: Option<String>,
+    pub interval: Option<String>,
+    pub sweep_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

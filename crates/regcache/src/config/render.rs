@@ -22,7 +22,15 @@ struct Rendered<'a> {
     cache: RenderedCache,
     storage: RenderedStorage<'a>,
     cluster: RenderedCluster<'a>,
+    gc: RenderedGc,
     upstream: Vec<RenderedUpstream<'a>>,
+}
+
+#[derive(Serialize)]
+struct RenderedGc {
+    ttl: String,
+    interval: String,
+    sweep_delay: String,
 }
 
 #[derive(Serialize)]
@@ -107,6 +115,11 @@ pub fn render_redacted(cfg: &Config) -> String {
         },
         storage: storage(&cfg.storage),
         cluster: cluster(&cfg.cluster),
+        gc: RenderedGc {
+            ttl: duration(cfg.gc.ttl),
+            interval: duration(cfg.gc.interval),
+            sweep_delay: duration(cfg.gc.sweep_delay),
+        },
         upstream: cfg.upstreams.iter().map(upstream).collect(),
     };
     let body = toml::to_string(&rendered).expect("strings, booleans and tables always serialize");

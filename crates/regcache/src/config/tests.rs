@@ -519,3 +519,37 @@ fn documented_example_loads() {
         Some("hunter2")
     );
 }
+
+#[test]
+fn gc_defaults_take_seconds_and_reject_a_zero_interval() {
+    let default = load(None, &ServeOverrides::default()).unwrap().gc;
+    assert_eq!(default.ttl, Duration::from_secs(168 * 3600));
+    assert_eq!(default.interval, Duration::from_secs(3600));
+    assert_eq!(default.sweep_delay, Duration::from_secs(600));
+    let cfg = load_str("[gc]\nttl = \"1s\"\ninterval = \"2s\"\nsweep_delay = \"0s\"\n").unwrap();
+    assert_eq!(
+        (cfg.gc.ttl, cfg.gc.interval, cfg.gc.sweep_delay),
+        (Duration::from_secs(1), Duration::from_secs(2), Duration::ZERO)
+    );
+    assert_eq!(
+        load_str("[gc]\nttl = \"0s\"\n").unwrap().gc.ttl,
+        Duration::ZERO,
+        "idle expiry off"
+    );
+    assert_eq!(
+        load_str(&render_redacted(&cfg)).unwrap().gc,
+        cfg.gc,
+        "renders back"
+    );
+    assert_section_errors(
+        "gc",
+        vec![
+            (
+                "interval = \"0s\"".into(),
+                "gc.interval: must be greater than zero".into(),
+            ),
+            ("ttl = \"a week\"".into(), "gc.ttl: invalid duration".into()),
+            ("budget = 1".into(), "unknown field `budget`".into()),
+        ],
+    );
+}

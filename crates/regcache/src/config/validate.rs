@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::fields::{self, AtField, FieldError};
-use super::raw::{RawCache, RawConfig, RawSize};
+use cache::GcSettings;
+
+use super::raw::{RawCache, RawConfig, RawGc, RawSize};
 use super::{CacheConfig, Config, upstreams};
 use crate::config::ServeOverrides;
 
@@ -17,6 +19,11 @@ const GIB: u64 = MIB << 10;
 const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
 const DEFAULT_DATA_DIR: &str = "./regcache-data";
 const DEFAULT_UPSTREAM: &str = "docker.io";
+const DEFAULT_GC: GcSettings = GcSettings {
+    ttl: Duration::from_secs(168 * 3600),
+    interval: Duration::from_secs(3600),
+    sweep_delay: Duration::from_secs(600),
+};
 const DEFAULT_CACHE: CacheConfig = CacheConfig {
     memory_bytes: 128 * MIB,
     disk_bytes: 20 * GIB,
@@ -33,6 +40,7 @@ pub(super) fn validate(raw: RawConfig, overrides: &ServeOverrides) -> Result<Con
         return Err(FieldError::new("data_dir", "must not be empty"));
     }
     let cache = cache(&raw.cache)?;
+    let gc = gc(&raw.gc)?;
     let storage = super::storage::storage(raw.storage, &overrides.storage)?;
     let cluster = super::cluster::cluster(raw.cluster, &overrides.cluster)?;
     let upstreams = upstreams::resolve(
@@ -65,7 +73,22 @@ pub(super) fn validate(raw: RawConfig, overrides: &ServeOverrides) -> Result<Con
         cache,
         storage,
         cluster,
+        gc,
         upstreams,
+    })
+}
+
+/// `[gc]`: any duration, in seconds too; only the interval must be positive.
+fn gc(raw: &RawGc) -> Result<GcSettings, FieldError> {
+    let d = DEFAULT_GC;
+    let interval = duration(&raw.interval, d.interval, "gc.interval")?;
+    if interval.is_zero() {
+        return Err(FieldError::new("gc.interval", "must be greater than zero"));
+    }
+    Ok(GcSettings {
+        ttl: duration(&raw.ttl, d.ttl, "gc.ttl")?,
+        interval,
+        sweep_delay: duration(&raw.sweep_delay, d.sweep_delay, "gc.sweep_delay")?,
     })
 }
 

@@ -1,0 +1,141 @@
+//! The collector: on the leader, a garbage-collection pass every interval
+//! (mark, condemn, wait, commit) and the sweep of what earlier passes
+//! removed; on every replica, its disk tier's copies of removed content.
+//! docs/gc.md has the protocol; meta applies it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meta::{Command, MetaError};
+use oci::Digest;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::{Cache, unix_now};
+
+/// Digests per condemn or commit entry, and object keys per delete: no
+/// Raft entry or request grows large.
+const CHUNK: usize = 1000;
+
+/// How garbage collection runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcSettings {
+    /// Content idle for longer goes; zero turns idle expiry off.
+    pub ttl: Duration,
+    /// How often the leader starts a pass (and sweeps).
+    pub interval: Duration,
+    /// How long a pass waits between condemning and committing, so reads
+    /// under way rescue what they serve.
+    pub sweep_delay: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum GcError {
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    ObjectStore(#[from] objstore::ObjStoreError),
+    #[error("the mark task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Cache {
+    /// Runs the collector until the task is aborted.
+    pub fn spawn_collector(self: &Arc<Self>, settings: GcSettings) -> JoinHandle<()> {
+        debug_assert!(!settings.interval.is_zero(), "the gc interval must be positive");
+        let cache = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut unindexed = HashSet::new();
+            loop {
+                tokio::time::sleep(settings.interval).await;
+                unindexed = cache.drop_unindexed_disk_copies(unindexed);
+                if !cache.meta.leads() {
+                    continue;
+                }
+                // Keys an earlier pass removed: every live member applied
+                // that commit at least an interval ago.
+                if let Err(e) = cache.sweep().await {
+                    warn!(error = %e, "gc sweep failed; retrying next interval");
+                }
+                if settings.ttl.is_zero() {
+                    continue;
+                }
+                if let Err(e) = cache.collect(&settings).await {
+                    warn!(error = %e, "gc pass failed; the next one starts over");
+                }
+            }
+        })
+    }
+
+    /// One pass: marks idle content, condemns it, waits for rescues, and
+    /// commits what is still condemned.
+    async fn collect(&self, settings: &GcSettings) -> Result<(), GcError> {
+        let cutoff = unix_now().saturating_sub(settings.ttl).as_secs();
+        let meta = Arc::clone(&self.meta);
+        let marked = tokio::task::spawn_blocking(move || meta.gc_mark(cutoff)).await??;
+        if marked.is_empty() {
+            return Ok(());
+        }
+        let epoch = self.meta.gc_state()?.epoch + 1;
+        self.meta.propose(Command::GcStart { epoch, cutoff }).await?;
+        for chunk in marked.chunks(CHUNK) {
+            let digests = chunk.to_vec();
+            self.meta.propose(Command::GcCondemn { epoch, digests }).await?;
+        }
+        let condemned = self.meta.gc_state()?.condemned;
+        tokio::time::sleep(settings.sweep_delay).await;
+        let kept = self.meta.gc_state()?.condemned;
+        loop {
+            let state = self.meta.gc_state()?;
+            if state.epoch != epoch || state.cutoff.is_none() {
+                break;
+            }
+            let max = CHUNK as u32;
+            self.meta.propose(Command::GcCommit { epoch, max }).await?;
+        }
+        info!(
+            epoch,
+            marked = marked.len(),
+            condemned,
+            removed = kept,
+            "gc pass committed"
+        );
+        Ok(())
+    }
+
+    /// Deletes the object keys removed from the index, then forgets them.
+    async fn sweep(&self) -> Result<(), GcError> {
+        loop {
+            let keys = self.meta.gc_sweep_keys(CHUNK)?;
+            if keys.is_empty() {
+                return Ok(());
+            }
+            if let Some(objects) = &self.objects {
+                objects.delete(&keys).await?;
+            }
+            debug!(objects = keys.len(), "gc swept objects");
+            self.meta.propose(Command::Swept { keys }).await?;
+        }
+    }
+
+    /// Deletes disk copies of digests the index no longer names, once seen
+    /// so on two rounds in a row (a blob just stored is indexed within a
+    /// round); returns this round's unindexed digests.
+    fn drop_unindexed_disk_copies(&self, seen_before: HashSet<Digest>) -> HashSet<Digest> {
+        let mut unindexed = HashSet::new();
+        for digest in self.disk.digests() {
+            if self.inflight.is_running(&digest) || !matches!(self.meta.entry(&digest), Ok(None)) {
+                continue;
+            }
+            if !seen_before.contains(&digest) {
+                unindexed.insert(digest);
+                continue;
+            }
+            if let Err(e) = self.disk.remove(&digest) {
+                warn!(%digest, error = %e, "removing a collected blob from disk failed");
+            }
+        }
+        unindexed
+    }
+}
