@@ -12,7 +12,7 @@ use oci::Digest;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::{Cache, unix_now};
+use crate::{Cache, telemetry, unix_now};
 
 /// Digests per condemn or commit entry, and object keys per delete: no
 /// Raft entry or request grows large.
@@ -61,21 +61,29 @@ impl Cache {
                 if settings.ttl.is_zero() {
                     continue;
                 }
-                if let Err(e) = cache.collect(&settings).await {
-                    warn!(error = %e, "gc pass failed; the next one starts over");
+                let started = std::time::Instant::now();
+                match cache.collect(&settings).await {
+                    Ok(outcome) => telemetry::gc_run(outcome),
+                    Err(e) => {
+                        telemetry::gc_run("failed");
+                        warn!(error = %e, "gc pass failed; the next one starts over");
+                    }
                 }
+                telemetry::gc_phase("pass", started.elapsed());
             }
         })
     }
 
     /// One pass: marks idle content, condemns it, waits for rescues, and
-    /// commits what is still condemned.
-    async fn collect(&self, settings: &GcSettings) -> Result<(), GcError> {
+    /// commits what is still condemned. Answers `idle` when nothing was.
+    async fn collect(&self, settings: &GcSettings) -> Result<&'static str, GcError> {
         let cutoff = unix_now().saturating_sub(settings.ttl).as_secs();
         let meta = Arc::clone(&self.meta);
+        let started = std::time::Instant::now();
         let marked = tokio::task::spawn_blocking(move || meta.gc_mark(cutoff)).await??;
+        telemetry::gc_phase("mark", started.elapsed());
         if marked.is_empty() {
-            return Ok(());
+            return Ok("idle");
         }
         let epoch = self.meta.gc_state()?.epoch + 1;
         self.meta.propose(Command::GcStart { epoch, cutoff }).await?;
@@ -94,6 +102,7 @@ impl Cache {
             let max = CHUNK as u32;
             self.meta.propose(Command::GcCommit { epoch, max }).await?;
         }
+        telemetry::gc_committed(condemned, kept);
         info!(
             epoch,
             marked = marked.len(),
@@ -101,7 +110,7 @@ impl Cache {
             removed = kept,
             "gc pass committed"
         );
-        Ok(())
+        Ok("committed")
     }
 
     /// Deletes the object keys removed from the index, then forgets them.
@@ -113,6 +122,7 @@ impl Cache {
             }
             if let Some(objects) = &self.objects {
                 objects.delete(&keys).await?;
+                telemetry::gc_deleted_objects(keys.len());
             }
             debug!(objects = keys.len(), "gc swept objects");
             self.meta.propose(Command::Swept { keys }).await?;
@@ -132,8 +142,9 @@ impl Cache {
                 unindexed.insert(digest);
                 continue;
             }
-            if let Err(e) = self.disk.remove(&digest) {
-                warn!(%digest, error = %e, "removing a collected blob from disk failed");
+            match self.disk.remove(&digest) {
+                Ok(()) => telemetry::gc_disk_removed(),
+                Err(e) => warn!(%digest, error = %e, "removing a collected blob from disk failed"),
             }
         }
         unindexed

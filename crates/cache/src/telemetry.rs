@@ -11,6 +11,12 @@ const OBJSTORE_ERRORS: &str = "regcache_objstore_errors_total";
 const OBJSTORE_CORRUPT: &str = "regcache_objstore_corrupt_total";
 const OBJSTORE_UNSTORED: &str = "regcache_objstore_unstored_total";
 const OBJSTORE_CHECKED_READS: &str = "regcache_objstore_checked_reads_total";
+const GC_RUNS: &str = "regcache_gc_runs_total";
+const GC_DURATION: &str = "regcache_gc_duration_seconds";
+const GC_CONDEMNED: &str = "regcache_gc_condemned_total";
+const GC_REMOVED: &str = "regcache_gc_removed_entries_total";
+const GC_DELETED_OBJECTS: &str = "regcache_gc_deleted_objects_total";
+const GC_DISK_REMOVED: &str = "regcache_gc_disk_removed_total";
 
 /// One request for a blob or a manifest (`kind`), by the tier that answered.
 pub(crate) fn request(kind: &'static str, tier: Tier) {
@@ -43,6 +49,33 @@ pub(crate) fn objstore_corrupt() {
 /// Content kept on local disk only: the object tier did not take it.
 pub(crate) fn objstore_unstored(kind: &'static str) {
     metrics::counter!(OBJSTORE_UNSTORED, "kind" => kind).increment(1);
+}
+
+/// A GC pass that ended (`committed`, `failed`) or found nothing idle
+/// (`idle`), and how long its `phase` took (`mark`, `pass`).
+pub(crate) fn gc_run(outcome: &'static str) {
+    metrics::counter!(GC_RUNS, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn gc_phase(phase: &'static str, elapsed: std::time::Duration) {
+    metrics::histogram!(GC_DURATION, "phase" => phase).record(elapsed.as_secs_f64());
+}
+
+/// Entries a pass condemned, and those still condemned when it committed
+/// (the rest were rescued).
+pub(crate) fn gc_committed(condemned: u64, removed: u64) {
+    metrics::counter!(GC_CONDEMNED).increment(condemned);
+    metrics::counter!(GC_REMOVED).increment(removed);
+}
+
+/// Objects the sweep deleted from the object tier.
+pub(crate) fn gc_deleted_objects(count: usize) {
+    metrics::counter!(GC_DELETED_OBJECTS).increment(count as u64);
+}
+
+/// Disk copies a replica dropped because the index no longer names them.
+pub(crate) fn gc_disk_removed() {
+    metrics::counter!(GC_DISK_REMOVED).increment(1);
 }
 
 /// A stream from the object tier, by the check it runs (`crc64nvme`,

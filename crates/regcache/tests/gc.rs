@@ -113,6 +113,22 @@ fn idle_content_leaves_every_tier_and_the_next_pull_fetches_it_again() {
             && files_under(&disk).is_empty()
     });
     assert!(s.cache.process.logs().contains("gc pass committed"));
+    let m = metrics(&s.cache);
+    assert!(
+        metric(&m, "regcache_gc_runs_total", r#"outcome="committed""#) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "regcache_gc_runs_total", r#"outcome="failed""#),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "regcache_gc_removed_entries_total", ""), stored, "{m}");
+    assert_eq!(metric(&m, "regcache_gc_deleted_objects_total", ""), stored, "{m}");
+    let (_, body) = raw_request(&s.cache.host(), "GET", "/status.json");
+    let status: serde_json::Value = serde_json::from_slice(&body).expect("status json");
+    assert!(status["gc"]["epoch"].as_u64() >= Some(1), "{status:#}");
+    assert_eq!(status["gc"]["to_sweep"], 0, "{status:#}");
 
     s.seeded.registry.clear_log();
     pull(&s.cache, &image);
