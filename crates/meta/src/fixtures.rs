@@ -36,6 +36,14 @@ pub fn manifest(size: u64, refs: Vec<Digest>, last_access: u64) -> Entry {
     Entry::manifest(size, media_type, refs, last_access, None)
 }
 
+/// The whole state, as a snapshot writes it: equal dumps, equal states.
+#[cfg(test)]
+pub(crate) fn dump(db: &crate::StateDb) -> Vec<u8> {
+    let mut out = Vec::new();
+    db.write_snapshot(&mut out).expect("snapshot");
+    out
+}
+
 /// Sets `library/alpine:TAG` on docker.io to record `n`.
 pub fn set_tag(tag: &str, n: u32) -> Command {
     Command::SetTag {

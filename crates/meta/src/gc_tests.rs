@@ -4,7 +4,7 @@
 use oci::Digest;
 use tempfile::TempDir;
 
-use crate::fixtures::{blob, digest, manifest};
+use crate::fixtures::{blob, digest, dump, manifest};
 use crate::{Command, Entry, GcState, StateDb};
 
 const CUTOFF: u64 = 50;
@@ -195,13 +195,6 @@ fn stale_or_foreign_epochs_change_nothing_and_a_new_pass_abandons_the_open_one()
         digests: vec![digest(14)],
     });
     assert_eq!(db.state().condemned, 0, "not idle by the new cutoff");
-}
-
-/// The whole state, as a snapshot writes it.
-fn dump(db: &StateDb) -> Vec<u8> {
-    let mut out = Vec::new();
-    db.write_snapshot(&mut out).expect("snapshot");
-    out
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::fixtures::{blob, digest, key, manifest, record};
+use crate::fixtures::{blob, digest, dump, key, manifest, record};
 use crate::{Command, MetaError, StateDb};
 
 fn populated(path: &Path) -> StateDb {
@@ -40,12 +40,6 @@ fn populated(path: &Path) -> StateDb {
         sm.apply(index, cmd).expect("apply");
     }
     sm
-}
-
-fn dump(sm: &StateDb) -> Vec<u8> {
-    let mut out = Vec::new();
-    sm.write_snapshot(&mut out).expect("snapshot");
-    out
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{ACCEPT_ALL, Regcache, metric, metrics, raw_request, raw_request_with};
@@ -57,22 +57,6 @@ fn pull(cache: &Regcache, image: &BuiltImage) {
     }
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let path = entry.expect("a directory entry").path();
-        if path.is_dir() {
-            files.extend(files_under(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
-}
-
 fn wait_until(what: &str, cache: &Regcache, done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -99,7 +83,7 @@ fn idle_content_leaves_every_tier_and_the_next_pull_fetches_it_again() {
         index_entries(&s.cache) == stored
     });
     assert!(
-        !files_under(&s.objects).is_empty(),
+        !testkit::files_under(&s.objects).is_empty(),
         "nothing reached the object tier"
     );
 
@@ -108,9 +92,9 @@ fn idle_content_leaves_every_tier_and_the_next_pull_fetches_it_again() {
     });
     let disk = s.dir.path().join("data/blobs");
     wait_until("swept the object tier and the disk", &s.cache, || {
-        files_under(&s.objects.join("blobs")).is_empty()
-            && files_under(&s.objects.join("manifests")).is_empty()
-            && files_under(&disk).is_empty()
+        testkit::files_under(&s.objects.join("blobs")).is_empty()
+            && testkit::files_under(&s.objects.join("manifests")).is_empty()
+            && testkit::files_under(&disk).is_empty()
     });
     assert!(s.cache.process.logs().contains("gc pass committed"));
     let m = metrics(&s.cache);

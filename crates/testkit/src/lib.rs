@@ -41,3 +41,21 @@ pub use registry::{AccessLine, Registry};
 pub use s3::S3Server;
 pub use seeded::SeededRegistry;
 pub use skopeo::skopeo;
+
+/// Every file below `dir`, however deep (none when it does not exist): what
+/// a store or tier holds, seen from outside.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
