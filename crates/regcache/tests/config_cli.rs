@@ -106,6 +106,7 @@ fn check_shows_what_serve_would_run_with_variables_and_flags_applied() {
         .env("REGCACHE_NODE_ID", "3")
         .env("REGCACHE_CLUSTER_LISTEN", "127.0.0.1:6001")
         .env("REGCACHE_PEERS", "3=127.0.0.1:6001")
+        .env("REGCACHE_GC_TTL", "2h")
         .output()
         .expect("running regcache");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -115,6 +116,7 @@ fn check_shows_what_serve_would_run_with_variables_and_flags_applied() {
         "data_dir = \"/srv/from-flag\"",
         "node_id = 3",
         "listen = \"127.0.0.1:6001\"",
+        "ttl = \"2h\"",
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in\n{stdout}");
     }

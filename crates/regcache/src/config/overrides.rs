@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use clap::Args;
 
-use super::raw::{RawCluster, RawStorage};
+use super::raw::{RawCluster, RawGc, RawStorage};
 use super::{check_remote_url, check_upstream_name};
 
 /// Settings the command line overrides on top of the file.
@@ -28,6 +28,40 @@ pub struct ServeOverrides {
     pub storage: StorageOverrides,
     #[command(flatten)]
     pub cluster: ClusterOverrides,
+    #[command(flatten)]
+    pub gc: GcOverrides,
+}
+
+/// `[gc]` settings from the command line; checked with the file's rules.
+#[derive(Clone, Debug, Default, Args)]
+pub struct GcOverrides {
+    /// Collect content idle for longer than this, e.g. 168h; 0s turns idle
+    /// expiry off (overrides `gc.ttl`).
+    #[arg(long, env = "REGCACHE_GC_TTL", value_name = "DURATION")]
+    pub gc_ttl: Option<String>,
+    /// How often the leader starts a pass (overrides `gc.interval`).
+    #[arg(long, env = "REGCACHE_GC_INTERVAL", value_name = "DURATION")]
+    pub gc_interval: Option<String>,
+    /// Wait between condemning and committing (overrides `gc.sweep_delay`).
+    #[arg(long, env = "REGCACHE_GC_SWEEP_DELAY", value_name = "DURATION")]
+    pub gc_sweep_delay: Option<String>,
+}
+
+impl GcOverrides {
+    /// The file's `[gc]` with these settings on top.
+    pub(crate) fn apply(&self, mut raw: RawGc) -> RawGc {
+        let pairs = [
+            (&mut raw.ttl, &self.gc_ttl),
+            (&mut raw.interval, &self.gc_interval),
+            (&mut raw.sweep_delay, &self.gc_sweep_delay),
+        ];
+        for (field, flag) in pairs {
+            if flag.is_some() {
+                field.clone_from(flag);
+            }
+        }
+        raw
+    }
 }
 
 /// `[storage]` settings from the command line; checked with the file's rules.

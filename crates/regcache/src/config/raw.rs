@@ -28,7 +28,7 @@ pub(super) struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawGc {
+pub(crate) struct RawGc {
     pub ttl: Option<String>,
     pub interval: Option<String>,
     pub sweep_delay: Option<String>,

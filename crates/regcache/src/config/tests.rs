@@ -2,6 +2,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::overrides::GcOverrides;
 use super::*;
 use crate::config::UpstreamOverride;
 use upstream::Secret;
@@ -541,6 +542,34 @@ fn gc_defaults_take_seconds_and_reject_a_zero_interval() {
         cfg.gc,
         "renders back"
     );
+    let flags = ServeOverrides {
+        gc: GcOverrides {
+            gc_ttl: Some("1h".into()),
+            gc_sweep_delay: Some("5s".into()),
+            ..GcOverrides::default()
+        },
+        ..ServeOverrides::default()
+    };
+    let file = write("[gc]\nttl = \"1s\"\ninterval = \"2s\"\n");
+    let flagged = load(Some(file.path()), &flags).unwrap().gc;
+    assert_eq!(
+        (flagged.ttl, flagged.interval, flagged.sweep_delay),
+        (
+            Duration::from_secs(3600),
+            Duration::from_secs(2),
+            Duration::from_secs(5)
+        ),
+        "flags win over the file, field by field"
+    );
+    let bad = ServeOverrides {
+        gc: GcOverrides {
+            gc_interval: Some("0s".into()),
+            ..GcOverrides::default()
+        },
+        ..ServeOverrides::default()
+    };
+    let err = load(None, &bad).unwrap_err().to_string();
+    assert!(err.contains("gc.interval: must be greater than zero"), "{err}");
     assert_section_errors(
         "gc",
         vec![

@@ -40,7 +40,7 @@ pub(super) fn validate(raw: RawConfig, overrides: &ServeOverrides) -> Result<Con
         return Err(FieldError::new("data_dir", "must not be empty"));
     }
     let cache = cache(&raw.cache)?;
-    let gc = gc(&raw.gc)?;
+    let gc = gc(&overrides.gc.apply(raw.gc))?;
     let storage = super::storage::storage(raw.storage, &overrides.storage)?;
     let cluster = super::cluster::cluster(raw.cluster, &overrides.cluster)?;
     let upstreams = upstreams::resolve(
