@@ -28,6 +28,9 @@ pub struct GcSettings {
     /// How long a pass waits between condemning and committing, so reads
     /// under way rescue what they serve.
     pub sweep_delay: Duration,
+    /// Objects the sweep deletes per second at most, so it yields to
+    /// serving (at least 1).
+    pub delete_rate: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +58,7 @@ impl Cache {
                 }
                 // Keys an earlier pass removed: every live member applied
                 // that commit at least an interval ago.
-                if let Err(e) = cache.sweep().await {
+                if let Err(e) = cache.sweep(settings.delete_rate).await {
                     warn!(error = %e, "gc sweep failed; retrying next interval");
                 }
                 if settings.ttl.is_zero() {
@@ -113,19 +116,24 @@ impl Cache {
         Ok("committed")
     }
 
-    /// Deletes the object keys removed from the index, then forgets them.
-    async fn sweep(&self) -> Result<(), GcError> {
+    /// Deletes the object keys removed from the index, at most
+    /// `delete_rate` a second, then forgets them.
+    async fn sweep(&self, delete_rate: u32) -> Result<(), GcError> {
+        let batch = CHUNK.min(delete_rate.max(1) as usize);
         loop {
-            let keys = self.meta.gc_sweep_keys(CHUNK)?;
+            let keys = self.meta.gc_sweep_keys(batch)?;
             if keys.is_empty() {
                 return Ok(());
             }
+            let started = tokio::time::Instant::now();
             if let Some(objects) = &self.objects {
                 objects.delete(&keys).await?;
                 telemetry::gc_deleted_objects(keys.len());
             }
             debug!(objects = keys.len(), "gc swept objects");
+            let pace = pause_for(keys.len(), delete_rate);
             self.meta.propose(Command::Swept { keys }).await?;
+            tokio::time::sleep_until(started + pace).await;
         }
     }
 
@@ -148,5 +156,28 @@ impl Cache {
             }
         }
         unindexed
+    }
+}
+
+/// How long deleting `count` objects takes at `rate` a second.
+fn pause_for(count: usize, rate: u32) -> Duration {
+    Duration::from_secs_f64(count as f64 / f64::from(rate.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::pause_for;
+
+    #[test]
+    fn the_sweep_keeps_to_its_rate() {
+        assert_eq!(pause_for(1000, 1000), Duration::from_secs(1));
+        assert_eq!(pause_for(50, 100), Duration::from_millis(500));
+        assert_eq!(
+            pause_for(3, 0),
+            Duration::from_secs(3),
+            "a zero rate counts as one"
+        );
     }
 }

@@ -45,6 +45,10 @@ pub struct GcOverrides {
     /// Wait between condemning and committing (overrides `gc.sweep_delay`).
     #[arg(long, env = "REGCACHE_GC_SWEEP_DELAY", value_name = "DURATION")]
     pub gc_sweep_delay: Option<String>,
+    /// Objects the sweep deletes per second at most (overrides
+    /// `gc.delete_rate`).
+    #[arg(long, env = "REGCACHE_GC_DELETE_RATE", value_name = "N")]
+    pub gc_delete_rate: Option<u64>,
 }
 
 impl GcOverrides {
@@ -59,6 +63,9 @@ impl GcOverrides {
             if flag.is_some() {
                 field.clone_from(flag);
             }
+        }
+        if self.gc_delete_rate.is_some() {
+            raw.delete_rate = self.gc_delete_rate;
         }
         raw
     }

@@ -32,6 +32,7 @@ pub(crate) struct RawGc {
     pub ttl: Option<String>,
     pub interval: Option<String>,
     pub sweep_delay: Option<String>,
+    pub delete_rate: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -31,6 +31,7 @@ struct RenderedGc {
     ttl: String,
     interval: String,
     sweep_delay: String,
+    delete_rate: u32,
 }
 
 #[derive(Serialize)]
@@ -119,6 +120,7 @@ pub fn render_redacted(cfg: &Config) -> String {
             ttl: duration(cfg.gc.ttl),
             interval: duration(cfg.gc.interval),
             sweep_delay: duration(cfg.gc.sweep_delay),
+            delete_rate: cfg.gc.delete_rate,
         },
         upstream: cfg.upstreams.iter().map(upstream).collect(),
     };

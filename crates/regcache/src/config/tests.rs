@@ -527,7 +527,10 @@ fn gc_defaults_take_seconds_and_reject_a_zero_interval() {
     assert_eq!(default.ttl, Duration::from_secs(168 * 3600));
     assert_eq!(default.interval, Duration::from_secs(3600));
     assert_eq!(default.sweep_delay, Duration::from_secs(600));
-    let cfg = load_str("[gc]\nttl = \"1s\"\ninterval = \"2s\"\nsweep_delay = \"0s\"\n").unwrap();
+    assert_eq!(default.delete_rate, 1000);
+    let cfg =
+        load_str("[gc]\nttl = \"1s\"\ninterval = \"2s\"\nsweep_delay = \"0s\"\ndelete_rate = 50\n").unwrap();
+    assert_eq!(cfg.gc.delete_rate, 50);
     assert_eq!(
         (cfg.gc.ttl, cfg.gc.interval, cfg.gc.sweep_delay),
         (Duration::from_secs(1), Duration::from_secs(2), Duration::ZERO)
@@ -579,6 +582,10 @@ fn gc_defaults_take_seconds_and_reject_a_zero_interval() {
             ),
             ("ttl = \"a week\"".into(), "gc.ttl: invalid duration".into()),
             ("budget = 1".into(), "unknown field `budget`".into()),
+            (
+                "delete_rate = 0".into(),
+                "gc.delete_rate: must be between 1 and".into(),
+            ),
         ],
     );
 }

@@ -23,6 +23,7 @@ const DEFAULT_GC: GcSettings = GcSettings {
     ttl: Duration::from_secs(168 * 3600),
     interval: Duration::from_secs(3600),
     sweep_delay: Duration::from_secs(600),
+    delete_rate: 1000,
 };
 const DEFAULT_CACHE: CacheConfig = CacheConfig {
     memory_bytes: 128 * MIB,
@@ -78,17 +79,25 @@ pub(super) fn validate(raw: RawConfig, overrides: &ServeOverrides) -> Result<Con
     })
 }
 
-/// `[gc]`: any duration, in seconds too; only the interval must be positive.
+/// `[gc]`: any duration, in seconds too; the interval and the delete rate
+/// must be positive.
 fn gc(raw: &RawGc) -> Result<GcSettings, FieldError> {
     let d = DEFAULT_GC;
     let interval = duration(&raw.interval, d.interval, "gc.interval")?;
     if interval.is_zero() {
         return Err(FieldError::new("gc.interval", "must be greater than zero"));
     }
+    let delete_rate = match raw.delete_rate {
+        None => d.delete_rate,
+        Some(rate) => u32::try_from(rate).ok().filter(|rate| *rate > 0).ok_or_else(|| {
+            FieldError::new("gc.delete_rate", format!("must be between 1 and {}", u32::MAX))
+        })?,
+    };
     Ok(GcSettings {
         ttl: duration(&raw.ttl, d.ttl, "gc.ttl")?,
         interval,
         sweep_delay: duration(&raw.sweep_delay, d.sweep_delay, "gc.sweep_delay")?,
+        delete_rate,
     })
 }
 
