@@ -54,19 +54,10 @@ pub struct GcOverrides {
 impl GcOverrides {
     /// The file's `[gc]` with these settings on top.
     pub(crate) fn apply(&self, mut raw: RawGc) -> RawGc {
-        let pairs = [
-            (&mut raw.ttl, &self.gc_ttl),
-            (&mut raw.interval, &self.gc_interval),
-            (&mut raw.sweep_delay, &self.gc_sweep_delay),
-        ];
-        for (field, flag) in pairs {
-            if flag.is_some() {
-                field.clone_from(flag);
-            }
-        }
-        if self.gc_delete_rate.is_some() {
-            raw.delete_rate = self.gc_delete_rate;
-        }
+        overlay(&mut raw.ttl, &self.gc_ttl);
+        overlay(&mut raw.interval, &self.gc_interval);
+        overlay(&mut raw.sweep_delay, &self.gc_sweep_delay);
+        overlay(&mut raw.delete_rate, &self.gc_delete_rate);
         raw
     }
 }
@@ -97,17 +88,10 @@ impl StorageOverrides {
             raw.kind = Some("s3".to_owned());
             raw.path = None;
         }
-        let pairs = [
-            (&mut raw.bucket, &self.s3_bucket),
-            (&mut raw.prefix, &self.s3_prefix),
-            (&mut raw.endpoint, &self.s3_endpoint),
-            (&mut raw.region, &self.s3_region),
-        ];
-        for (field, flag) in pairs {
-            if flag.is_some() {
-                field.clone_from(flag);
-            }
-        }
+        overlay(&mut raw.bucket, &self.s3_bucket);
+        overlay(&mut raw.prefix, &self.s3_prefix);
+        overlay(&mut raw.endpoint, &self.s3_endpoint);
+        overlay(&mut raw.region, &self.s3_region);
         if self.s3_force_path_style {
             raw.force_path_style = Some(true);
         }
@@ -154,22 +138,22 @@ impl ClusterOverrides {
     /// The file's `[cluster]` with these settings on top; the hostname's node
     /// id is resolved with the rest of `[cluster]`, which can report errors.
     pub(crate) fn apply(&self, mut raw: RawCluster) -> RawCluster {
-        if self.node_id.is_some() {
-            raw.node_id = self.node_id;
-        }
-        if self.cluster_listen.is_some() {
-            raw.listen.clone_from(&self.cluster_listen);
-        }
-        if self.cluster_advertise.is_some() {
-            raw.advertise.clone_from(&self.cluster_advertise);
-        }
+        overlay(&mut raw.node_id, &self.node_id);
+        overlay(&mut raw.listen, &self.cluster_listen);
+        overlay(&mut raw.advertise, &self.cluster_advertise);
         if !self.peers.is_empty() {
             raw.peers = Some(self.peers.clone());
         }
-        if self.snapshot_every.is_some() {
-            raw.snapshot_every = self.snapshot_every;
-        }
+        overlay(&mut raw.snapshot_every, &self.snapshot_every);
         raw
+    }
+}
+
+/// A flag that was given replaces the file's value; one that was not
+/// leaves it.
+fn overlay<T: Clone>(field: &mut Option<T>, flag: &Option<T>) {
+    if flag.is_some() {
+        field.clone_from(flag);
     }
 }
 
