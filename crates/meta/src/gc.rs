@@ -14,37 +14,43 @@ use crate::{EntryKind, MetaError, StateDb};
 
 const STATE: &str = "state";
 
-/// Where garbage collection stands, as every member applied it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Where garbage collection stands, as this member applied it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcState {
     /// The last pass started; 0 before the first.
     pub epoch: u64,
     /// The open pass's cutoff (unix seconds); `None` when no pass is open.
     pub cutoff: Option<u64>,
     /// Entries condemned and not yet removed or rescued.
-    #[serde(skip)]
     pub condemned: u64,
     /// Object keys removed from the index and not yet deleted.
-    #[serde(skip)]
     pub to_sweep: u64,
 }
 
-impl GcState {
+/// The pass as stored (and carried by snapshots); the counts of
+/// [`GcState`] are the sizes of the tables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GcPass {
+    epoch: u64,
+    cutoff: Option<u64>,
+}
+
+impl GcPass {
     fn open_epoch(&self) -> Option<(u64, u64)> {
         self.cutoff.map(|cutoff| (self.epoch, cutoff))
     }
 }
 
-pub(crate) fn state(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<GcState, MetaError> {
+pub(crate) fn state(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<GcPass, MetaError> {
     match table.get(STATE)? {
         Some(guard) => tables::decode("gc", STATE, guard.value()),
-        None => Ok(GcState::default()),
+        None => Ok(GcPass::default()),
     }
 }
 
 pub(crate) fn set_state(
     table: &mut Table<&'static str, &'static [u8]>,
-    state: &GcState,
+    state: &GcPass,
 ) -> Result<(), MetaError> {
     table.insert(STATE, tables::encode("gc state", state)?.as_slice())?;
     Ok(())
@@ -62,10 +68,9 @@ pub(crate) fn start(txn: &WriteTransaction, epoch: u64, cutoff: u64) -> Result<(
         txn.delete_table(pass_table)?;
         txn.open_table(pass_table)?;
     }
-    let opened = GcState {
+    let opened = GcPass {
         epoch,
         cutoff: Some(cutoff),
-        ..GcState::default()
     };
     set_state(&mut table, &opened)
 }
@@ -156,7 +161,7 @@ pub(crate) fn commit(
     }
     totals.store(meta)?;
     if condemned.is_empty()? {
-        let closed = GcState {
+        let closed = GcPass {
             cutoff: None,
             ..current
         };
@@ -202,10 +207,13 @@ impl StateDb {
     /// Where garbage collection stands here.
     pub(crate) fn gc_state(&self) -> Result<GcState, MetaError> {
         let txn = self.db.begin_read()?;
-        let mut state = state(&txn.open_table(GC)?)?;
-        state.condemned = txn.open_table(CONDEMNED)?.len()?;
-        state.to_sweep = txn.open_table(SWEEP)?.len()?;
-        Ok(state)
+        let pass = state(&txn.open_table(GC)?)?;
+        Ok(GcState {
+            epoch: pass.epoch,
+            cutoff: pass.cutoff,
+            condemned: txn.open_table(CONDEMNED)?.len()?,
+            to_sweep: txn.open_table(SWEEP)?.len()?,
+        })
     }
 
     /// What a pass with `cutoff` would condemn, as of one read transaction

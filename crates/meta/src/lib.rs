@@ -216,7 +216,7 @@ impl Meta {
     /// Whether this replica leads the group (offline: it is the only one).
     pub fn leads(&self) -> bool {
         match &self.order {
-            Order::Raft(group) => group.status().state == "leader",
+            Order::Raft(group) => group.leads(),
             Order::Offline(_) => true,
         }
     }

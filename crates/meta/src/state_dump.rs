@@ -13,7 +13,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::gc::{self, GcState};
+use crate::gc::{self, GcPass};
 use crate::state::{RaftApplied, StateDb};
 use crate::tables::{self, CONDEMNED, ENTRIES, GC, META, RAFT, RESCUED, SWEEP, TAGS, Totals};
 use crate::{Entry, MetaError, TagKey, TagRecord};
@@ -41,7 +41,7 @@ enum Line {
         entry: Entry,
     },
     Gc {
-        state: GcState,
+        state: GcPass,
     },
     Condemned {
         digest: Digest,

@@ -17,7 +17,7 @@ use crate::{Entry, EntryKind, MetaError, TagKey};
 pub(crate) const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
 /// Digest string -> JSON `Entry`.
 pub(crate) const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
-/// Garbage collection: `"state"` -> JSON `GcState`.
+/// Garbage collection: `"state"` -> JSON `GcPass` (the open pass, if any).
 pub(crate) const GC: TableDefinition<&str, &[u8]> = TableDefinition::new("gc");
 /// Digests the open GC pass condemned, removed by its commit.
 pub(crate) const CONDEMNED: TableDefinition<&str, ()> = TableDefinition::new("gc_condemned");

@@ -14,7 +14,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::SnapshotPolicy;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{ServerState, SnapshotPolicy};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -126,6 +127,11 @@ impl Group {
     /// This member's view of the group.
     pub(crate) fn status(&self) -> GroupStatus {
         GroupStatus::of(&self.raft)
+    }
+
+    /// Whether this member is the group's leader right now.
+    pub(crate) fn leads(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
     /// Whether a proposal made now can commit, as far as this member knows.
