@@ -222,6 +222,14 @@ impl ObjectTier {
         }
     }
 
+    /// Every object whose key starts with `prefix`, for the orphan sweep.
+    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, ObjStoreError> {
+        self.store
+            .list(prefix)
+            .await
+            .inspect_err(|e| self.failed("list", e))
+    }
+
     /// Deletes objects garbage collection removed from the index.
     pub(crate) async fn delete(&self, keys: &[String]) -> Result<(), ObjStoreError> {
         self.store

@@ -17,6 +17,8 @@ const GC_CONDEMNED: &str = "regcache_gc_condemned_total";
 const GC_REMOVED: &str = "regcache_gc_removed_entries_total";
 const GC_DELETED_OBJECTS: &str = "regcache_gc_deleted_objects_total";
 const GC_DISK_REMOVED: &str = "regcache_gc_disk_removed_total";
+const GC_ORPHANS_FOUND: &str = "regcache_gc_orphans_found_total";
+const GC_ORPHANS_DELETED: &str = "regcache_gc_orphans_deleted_total";
 
 /// One request for a blob or a manifest (`kind`), by the tier that answered.
 pub(crate) fn request(kind: &'static str, tier: Tier) {
@@ -76,6 +78,16 @@ pub(crate) fn gc_deleted_objects(count: usize) {
 /// Disk copies a replica dropped because the index no longer names them.
 pub(crate) fn gc_disk_removed() {
     metrics::counter!(GC_DISK_REMOVED).increment(1);
+}
+
+/// Objects the orphan sweep found no index entry for (past the grace).
+pub(crate) fn gc_orphans_found(count: usize) {
+    metrics::counter!(GC_ORPHANS_FOUND).increment(count as u64);
+}
+
+/// Orphans the sweep deleted.
+pub(crate) fn gc_orphans_deleted(count: usize) {
+    metrics::counter!(GC_ORPHANS_DELETED).increment(count as u64);
 }
 
 /// A stream from the object tier, by the check it runs (`crc64nvme`,

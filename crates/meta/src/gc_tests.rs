@@ -224,3 +224,61 @@ fn members_applying_one_log_agree_and_a_snapshot_carries_an_open_pass() {
     assert!(!joined.has(14) && joined.has(2));
     assert_eq!(joined.state().to_sweep, 1);
 }
+
+/// Manifest 1 (accessed at 100) references blobs 11 and 12 (10); manifest
+/// 2 (60) references blob 13 (5); blobs 14 (80) and 15 (90) stand alone.
+/// 5,200 bytes in all.
+fn by_recency() -> Db {
+    let mut db = Db::new();
+    db.put(1, manifest(100, vec![digest(11), digest(12)], 100));
+    db.put(2, manifest(100, vec![digest(13)], 60));
+    for (n, at) in [(11, 10), (12, 10), (13, 5), (14, 80), (15, 90)] {
+        db.put(n, with_key(blob(1000, at), &format!("blobs/{n}")));
+    }
+    db
+}
+
+#[test]
+fn a_budget_takes_the_least_recently_used_first_counting_what_a_manifest_keeps() {
+    let mut db = by_recency();
+    assert_eq!(db.db.gc_budget_cutoff(5200).unwrap(), None, "within the budget");
+    // 4,000 bytes: down to 3,600. Manifest 2 and blob 13 go (60, the
+    // manifest's recency: the blob's own 5 does not count), then blob 14
+    // (80); blobs 11 and 12 are as recent as manifest 1 that keeps them.
+    let cutoff = db.db.gc_budget_cutoff(4000).unwrap().expect("over the budget");
+    assert_eq!(cutoff, 81);
+    let mut expected = vec![digest(2)];
+    let mut blobs = vec![digest(13), digest(14)];
+    blobs.sort();
+    expected.extend(blobs);
+    assert_eq!(db.db.gc_mark(cutoff).unwrap(), expected);
+
+    db.apply(Command::GcStart { epoch: 1, cutoff });
+    db.apply(Command::GcCondemn {
+        epoch: 1,
+        digests: expected,
+    });
+    db.apply(Command::GcCommit { epoch: 1, max: 100 });
+    assert_eq!(
+        db.db.gc_budget_cutoff(4000).unwrap(),
+        None,
+        "3,100 bytes are left"
+    );
+    assert!(db.has(11) && db.has(12) && db.has(15));
+}
+
+#[test]
+fn a_budget_reaches_through_an_index_and_takes_whole_seconds() {
+    let mut db = Db::new();
+    db.put(1, manifest(100, vec![digest(2)], 100));
+    db.put(2, manifest(100, vec![digest(3)], 10));
+    db.put(3, blob(1000, 10));
+    for n in [4, 5] {
+        db.put(n, blob(1000, 50));
+    }
+    // 3,200 bytes, 2,000 allowed: one blob of second 50 would do, but a
+    // cutoff takes the whole second, and nothing the index keeps.
+    let cutoff = db.db.gc_budget_cutoff(2000).unwrap().expect("over the budget");
+    assert_eq!(cutoff, 51);
+    assert_eq!(db.db.gc_mark(cutoff).unwrap(), [digest(4), digest(5)]);
+}

@@ -35,7 +35,7 @@ use tracing::info;
 pub use access::AccessFlusher;
 pub use command::{Command, Entry, EntryKind, TagKey, TagRecord};
 pub use error::MetaError;
-pub use gc::GcState;
+pub use gc::{GcState, LOW_WATERMARK};
 pub use group::GroupSettings;
 pub use state::MetaStats;
 pub(crate) use state::StateDb;
@@ -205,6 +205,12 @@ impl Meta {
     /// the local state while applies go on: manifests first, then blobs.
     pub fn gc_mark(&self, cutoff: u64) -> Result<Vec<Digest>, MetaError> {
         self.state.gc_mark(cutoff)
+    }
+
+    /// The cutoff that brings the index under `budget` bytes (see
+    /// [`LOW_WATERMARK`]); `None` while it is within.
+    pub fn gc_budget_cutoff(&self, budget: u64) -> Result<Option<u64>, MetaError> {
+        self.state.gc_budget_cutoff(budget)
     }
 
     /// Up to `limit` object keys GC removed from the index and no sweeper

@@ -114,7 +114,7 @@ impl FsStore {
         let (root, prefix) = (self.root.clone(), prefix.to_owned());
         blocking(move || {
             let mut found = Vec::new();
-            walk(&root.join(&dir), &dir, &mut |key, path, meta| {
+            walk(&root.join(&dir), &dir, &prefix, &mut |key, path, meta| {
                 if key.starts_with(&prefix) && !is_temp(path) {
                     found.push(ObjectInfo {
                         key: key.to_owned(),
@@ -152,7 +152,7 @@ impl FsStore {
         let root = self.root.clone();
         blocking(move || {
             let mut stale = Vec::new();
-            walk(&root, "", &mut |_, path, meta| {
+            walk(&root, "", "", &mut |_, path, meta| {
                 if is_temp(path) && meta.modified().is_ok_and(|m| m <= cutoff) {
                     stale.push(path.to_owned());
                 }
@@ -265,10 +265,13 @@ fn is_temp(path: &Path) -> bool {
 }
 
 /// Calls `visit(key, path, metadata)` for every file below `dir`, whose key
-/// prefix is `key_prefix`. A missing directory has no files.
+/// prefix is `key_prefix`, skipping directories whose keys cannot start
+/// with `only` (so a sharded listing reads only its shard). A missing
+/// directory has no files.
 fn walk(
     dir: &Path,
     key_prefix: &str,
+    only: &str,
     visit: &mut dyn FnMut(&str, &Path, &std::fs::Metadata),
 ) -> Result<(), ObjStoreError> {
     let entries = match std::fs::read_dir(dir) {
@@ -290,7 +293,10 @@ fn walk(
         };
         let key = format!("{key_prefix}{name}");
         if meta.is_dir() {
-            walk(&path, &format!("{key}/"), visit)?;
+            let dir_key = format!("{key}/");
+            if dir_key.starts_with(only) || only.starts_with(&dir_key) {
+                walk(&path, &dir_key, only, visit)?;
+            }
         } else if meta.is_file() {
             visit(&key, &path, &meta);
         }

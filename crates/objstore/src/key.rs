@@ -26,6 +26,19 @@ impl ObjectKind {
     }
 }
 
+/// Prefixes that together cover every key [`object_key`] makes, each a
+/// sixteenth of one kind and algorithm, so a walk of the whole store (the
+/// orphan sweep) lists a bounded share at a time.
+pub fn object_shards() -> impl Iterator<Item = String> {
+    [ObjectKind::Blob, ObjectKind::Manifest]
+        .into_iter()
+        .flat_map(|kind| {
+            oci::Algorithm::ALL.into_iter().flat_map(move |alg| {
+                (0..16u8).map(move |nibble| format!("{}{}/{nibble:x}", kind.dir(), alg.as_str()))
+            })
+        })
+}
+
 /// `<kind>/<alg>/<hex>/`: every upload of one digest, for a LIST.
 pub fn object_prefix(kind: ObjectKind, digest: &Digest) -> String {
     format!("{}{}/{}/", kind.dir(), digest.algorithm().as_str(), digest.hex())
@@ -97,6 +110,19 @@ mod tests {
         assert_eq!(parse_object_key(&format!("blobs/sha256/{}/", digest.hex())), None);
         assert_eq!(parse_object_key(&format!("{key}/more")), None);
         assert_eq!(parse_object_key("snapshots/1"), None);
+    }
+
+    #[test]
+    fn shards_cover_every_key_once() {
+        let shards: Vec<String> = object_shards().collect();
+        assert_eq!(shards.len(), 2 * 2 * 16);
+        for kind in [ObjectKind::Blob, ObjectKind::Manifest] {
+            for content in [&b"a"[..], b"b", b"c", b"d"] {
+                let key = object_key(kind, &Digest::sha256_of(content), &new_upload_id());
+                let covering = shards.iter().filter(|s| key.starts_with(s.as_str())).count();
+                assert_eq!(covering, 1, "{key}");
+            }
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 pub use body::ObjectBody;
 pub use error::ObjStoreError;
 pub use fs::FsStore;
-pub use key::{ObjectKind, new_upload_id, object_key, object_prefix, parse_object_key};
+pub use key::{ObjectKind, new_upload_id, object_key, object_prefix, object_shards, parse_object_key};
 pub use multipart::MultipartWriter;
 pub use s3::{S3Config, S3Store, S3Timeouts};
 

@@ -13,6 +13,8 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    pub const ALL: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::Sha256 => "sha256",

@@ -19,15 +19,26 @@ struct Setup {
     dir: tempfile::TempDir,
 }
 
+/// Collects every second, content idle for two.
 fn start() -> Setup {
-    let seeded =
-        SeededRegistry::start(&[200_000, 3_000], "library/app:v1").expect("a registry with an image");
+    start_with(
+        image_of(&[200_000, 3_000]),
+        "ttl = \"2s\"\ninterval = \"1s\"\nsweep_delay = \"1s\"\n",
+    )
+}
+
+fn image_of(layers: &[u64]) -> SeededRegistry {
+    SeededRegistry::start(layers, "library/app:v1").expect("a registry with an image")
+}
+
+/// A replica with an `fs` object tier and `gc` as its `[gc]` table.
+fn start_with(seeded: SeededRegistry, gc: &str) -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let objects = dir.path().join("objects");
     let config = dir.path().join("regcache.toml");
     let toml = format!(
         "[storage]\nkind = \"fs\"\npath = {objects:?}\n\
-         [gc]\nttl = \"2s\"\ninterval = \"1s\"\nsweep_delay = \"1s\"\n"
+         [gc]\n{gc}"
     );
     std::fs::write(&config, toml).expect("config");
     let config = config.display().to_string();
@@ -151,4 +162,129 @@ fn content_pulled_all_along_is_never_collected() {
         r#"outcome="failed""#,
     );
     assert_eq!(failed, 0.0);
+}
+
+fn get_blob(cache: &Regcache, digest: &str) {
+    let (status, body) = raw_request(&cache.host(), "GET", &format!("/v2/library/app/blobs/{digest}"));
+    assert_eq!(status, 200, "{digest}: {}", cache.process.logs());
+    assert_eq!(testkit::sha256_bytes(&body), digest);
+}
+
+#[test]
+fn orphan_objects_leave_the_object_tier_and_foreign_objects_stay() {
+    let s = start_with(
+        image_of(&[200_000, 3_000]),
+        "ttl = \"0s\"\ninterval = \"1s\"\norphan_grace = \"1s\"\n",
+    );
+    let image = s.seeded.image.clone();
+    pull(&s.cache, &image);
+    let stored = (image.blob_digests().len() + 1) as f64;
+    wait_until("indexed the image", &s.cache, || {
+        index_entries(&s.cache) == stored
+    });
+    s.cache.wait_for_downloads();
+    let indexed = testkit::files_under(&s.objects);
+    // The losing copy of a blob two replicas fetched at once, an upload
+    // whose replica crashed before indexing it, and someone else's file.
+    let (layer, _) = &image.layer_digests[0];
+    let layer_dir = s
+        .objects
+        .join("blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    let losing = layer_dir.join("0000000000000001deadbeef");
+    let never_indexed = testkit::sha256_bytes(b"never indexed");
+    let crashed = s
+        .objects
+        .join("blobs/sha256")
+        .join(never_indexed.trim_start_matches("sha256:"))
+        .join("0000000000000002deadbeef");
+    let foreign = s.objects.join("backups/notes.txt");
+    for path in [&losing, &crashed, &foreign] {
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("dir");
+        std::fs::write(path, b"leftover").expect("an orphan");
+    }
+
+    wait_until("deleted the orphans", &s.cache, || {
+        !losing.exists() && !crashed.exists()
+    });
+    assert!(foreign.exists(), "a key regcache did not make was deleted");
+    assert_eq!(
+        testkit::files_under(&s.objects.join("blobs")).len()
+            + testkit::files_under(&s.objects.join("manifests")).len(),
+        indexed.len()
+    );
+    for path in &indexed {
+        assert!(path.exists(), "an indexed object went: {}", path.display());
+    }
+    let m = metrics(&s.cache);
+    assert_eq!(metric(&m, "regcache_gc_orphans_deleted_total", ""), 2.0, "{m}");
+    assert!(
+        s.cache
+            .process
+            .logs()
+            .contains("gc.orphan_grace is under an hour")
+    );
+    s.seeded.registry.clear_log();
+    pull(&s.cache, &image);
+    assert_eq!(
+        s.seeded.registry.count("GET", "/blobs/sha256:"),
+        0,
+        "an indexed object was lost"
+    );
+}
+
+#[test]
+fn over_its_byte_budget_the_least_recently_pulled_goes_first() {
+    let seeded = image_of(&[150_000, 140_000, 130_000]);
+    let sizes: Vec<u64> = seeded.image.layer_digests.iter().map(|(_, n)| *n).collect();
+    // Over by half of the second layer once all three are in; the low
+    // watermark (90%) is then met by dropping the second layer alone.
+    let budget = sizes.iter().sum::<u64>() - sizes[1] / 2;
+    let s = start_with(
+        seeded,
+        &format!("ttl = \"0s\"\ninterval = \"1s\"\nsweep_delay = \"0s\"\nbucket_bytes = {budget}\n"),
+    );
+    let layers: Vec<String> = s
+        .seeded
+        .image
+        .layer_digests
+        .iter()
+        .map(|(d, _)| d.clone())
+        .collect();
+    get_blob(&s.cache, &layers[0]);
+    std::thread::sleep(Duration::from_millis(1100));
+    get_blob(&s.cache, &layers[1]);
+    std::thread::sleep(Duration::from_millis(1100));
+    get_blob(&s.cache, &layers[0]);
+    // Accesses reach the index in a batch every 5 s.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(index_entries(&s.cache), 2.0, "within the budget, nothing goes");
+    get_blob(&s.cache, &layers[2]);
+
+    wait_until("collected the least recently pulled", &s.cache, || {
+        metric(&metrics(&s.cache), "regcache_gc_removed_entries_total", "") >= 1.0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let m = metrics(&s.cache);
+    assert_eq!(metric(&m, "regcache_gc_removed_entries_total", ""), 1.0, "{m}");
+    assert_eq!(
+        index_entries(&s.cache),
+        2.0,
+        "under the low watermark, the rest stays"
+    );
+    s.seeded.registry.clear_log();
+    get_blob(&s.cache, &layers[0]);
+    get_blob(&s.cache, &layers[2]);
+    assert_eq!(
+        s.seeded.registry.count("GET", "/blobs/sha256:"),
+        0,
+        "a recent blob went"
+    );
+    get_blob(&s.cache, &layers[1]);
+    assert_eq!(
+        s.seeded.registry.count("GET", "/blobs/sha256:"),
+        1,
+        "the least recent blob stayed"
+    );
+    assert!(s.cache.process.logs().contains("over gc.bucket_bytes"));
 }

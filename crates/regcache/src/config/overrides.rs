@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use clap::Args;
 
-use super::raw::{RawCluster, RawGc, RawStorage};
+use super::raw::{RawCluster, RawGc, RawSize, RawStorage};
 use super::{check_remote_url, check_upstream_name};
 
 /// Settings the command line overrides on top of the file.
@@ -49,15 +49,28 @@ pub struct GcOverrides {
     /// `gc.delete_rate`).
     #[arg(long, env = "REGCACHE_GC_DELETE_RATE", value_name = "N")]
     pub gc_delete_rate: Option<u64>,
+    /// Objects no index entry names are deleted once this old (overrides
+    /// `gc.orphan_grace`).
+    #[arg(long, env = "REGCACHE_GC_ORPHAN_GRACE", value_name = "DURATION")]
+    pub gc_orphan_grace: Option<String>,
+    /// Keep the object tier's content under this size, e.g. 500GiB
+    /// (overrides `gc.bucket_bytes`).
+    #[arg(long, env = "REGCACHE_GC_BUCKET_BYTES", value_name = "SIZE")]
+    pub gc_bucket_bytes: Option<String>,
 }
 
 impl GcOverrides {
     /// The file's `[gc]` with these settings on top.
-    pub(crate) fn apply(&self, mut raw: RawGc) -> RawGc {
+    pub(super) fn apply(&self, mut raw: RawGc) -> RawGc {
         overlay(&mut raw.ttl, &self.gc_ttl);
         overlay(&mut raw.interval, &self.gc_interval);
         overlay(&mut raw.sweep_delay, &self.gc_sweep_delay);
         overlay(&mut raw.delete_rate, &self.gc_delete_rate);
+        overlay(&mut raw.orphan_grace, &self.gc_orphan_grace);
+        overlay(
+            &mut raw.bucket_bytes,
+            &self.gc_bucket_bytes.clone().map(RawSize::Text),
+        );
         raw
     }
 }

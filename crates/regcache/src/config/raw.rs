@@ -28,11 +28,13 @@ pub(super) struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawGc {
+pub(super) struct RawGc {
     pub ttl: Option<String>,
     pub interval: Option<String>,
     pub sweep_delay: Option<String>,
     pub delete_rate: Option<u64>,
+    pub orphan_grace: Option<String>,
+    pub bucket_bytes: Option<RawSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,7 +88,7 @@ pub(super) struct RawUpstream {
 }
 
 /// A size as written: `"256MiB"`, `"1.5GiB"` or an integer count of bytes.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) enum RawSize {
     Text(String),
     Bytes(i64),

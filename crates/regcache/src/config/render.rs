@@ -32,6 +32,9 @@ struct RenderedGc {
     interval: String,
     sweep_delay: String,
     delete_rate: u32,
+    orphan_grace: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bucket_bytes: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -121,6 +124,8 @@ pub fn render_redacted(cfg: &Config) -> String {
             interval: duration(cfg.gc.interval),
             sweep_delay: duration(cfg.gc.sweep_delay),
             delete_rate: cfg.gc.delete_rate,
+            orphan_grace: duration(cfg.gc.orphan_grace),
+            bucket_bytes: cfg.gc.bucket_bytes.map(size),
         },
         upstream: cfg.upstreams.iter().map(upstream).collect(),
     };

@@ -528,9 +528,16 @@ fn gc_defaults_take_seconds_and_reject_a_zero_interval() {
     assert_eq!(default.interval, Duration::from_secs(3600));
     assert_eq!(default.sweep_delay, Duration::from_secs(600));
     assert_eq!(default.delete_rate, 1000);
-    let cfg =
-        load_str("[gc]\nttl = \"1s\"\ninterval = \"2s\"\nsweep_delay = \"0s\"\ndelete_rate = 50\n").unwrap();
+    assert_eq!(default.orphan_grace, Duration::from_secs(24 * 3600));
+    assert_eq!(default.bucket_bytes, None, "no budget unless set");
+    let cfg = load_str(
+        "[gc]\nttl = \"1s\"\ninterval = \"2s\"\nsweep_delay = \"0s\"\ndelete_rate = 50\n\
+         orphan_grace = \"1s\"\nbucket_bytes = \"2GiB\"\n",
+    )
+    .unwrap();
     assert_eq!(cfg.gc.delete_rate, 50);
+    assert_eq!(cfg.gc.orphan_grace, Duration::from_secs(1));
+    assert_eq!(cfg.gc.bucket_bytes, Some(2 << 30));
     assert_eq!(
         (cfg.gc.ttl, cfg.gc.interval, cfg.gc.sweep_delay),
         (Duration::from_secs(1), Duration::from_secs(2), Duration::ZERO)
@@ -549,6 +556,7 @@ fn gc_defaults_take_seconds_and_reject_a_zero_interval() {
         gc: GcOverrides {
             gc_ttl: Some("1h".into()),
             gc_sweep_delay: Some("5s".into()),
+            gc_bucket_bytes: Some("10MiB".into()),
             ..GcOverrides::default()
         },
         ..ServeOverrides::default()
@@ -564,6 +572,7 @@ fn gc_defaults_take_seconds_and_reject_a_zero_interval() {
         ),
         "flags win over the file, field by field"
     );
+    assert_eq!(flagged.bucket_bytes, Some(10 << 20));
     let bad = ServeOverrides {
         gc: GcOverrides {
             gc_interval: Some("0s".into()),
@@ -582,6 +591,14 @@ fn gc_defaults_take_seconds_and_reject_a_zero_interval() {
             ),
             ("ttl = \"a week\"".into(), "gc.ttl: invalid duration".into()),
             ("budget = 1".into(), "unknown field `budget`".into()),
+            (
+                "bucket_bytes = 0".into(),
+                "gc.bucket_bytes: must be greater than zero".into(),
+            ),
+            (
+                "orphan_grace = \"soon\"".into(),
+                "gc.orphan_grace: invalid duration".into(),
+            ),
             (
                 "delete_rate = 0".into(),
                 "gc.delete_rate: must be between 1 and".into(),

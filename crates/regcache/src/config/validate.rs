@@ -24,6 +24,8 @@ const DEFAULT_GC: GcSettings = GcSettings {
     interval: Duration::from_secs(3600),
     sweep_delay: Duration::from_secs(600),
     delete_rate: 1000,
+    orphan_grace: Duration::from_secs(24 * 3600),
+    bucket_bytes: None,
 };
 const DEFAULT_CACHE: CacheConfig = CacheConfig {
     memory_bytes: 128 * MIB,
@@ -98,6 +100,15 @@ fn gc(raw: &RawGc) -> Result<GcSettings, FieldError> {
         interval,
         sweep_delay: duration(&raw.sweep_delay, d.sweep_delay, "gc.sweep_delay")?,
         delete_rate,
+        orphan_grace: duration(&raw.orphan_grace, d.orphan_grace, "gc.orphan_grace")?,
+        bucket_bytes: match &raw.bucket_bytes {
+            Some(raw) => Some(
+                fields::size(raw)
+                    .and_then(fields::positive)
+                    .at("gc.bucket_bytes")?,
+            ),
+            None => d.bucket_bytes,
+        },
     })
 }
 

@@ -3,14 +3,16 @@
 //! Raft log orders each of these against every access, so all members agree
 //! on what went; docs/gc.md has the protocol and why it is safe.
 
-use std::collections::{HashMap, HashSet};
-
 use oci::Digest;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::tables::{self, CONDEMNED, ENTRIES, GC, RESCUED, SWEEP, Totals};
 use crate::{EntryKind, MetaError, StateDb};
+
+mod mark;
+
+pub use mark::LOW_WATERMARK;
 
 const STATE: &str = "state";
 
@@ -215,57 +217,4 @@ impl StateDb {
             to_sweep: txn.open_table(SWEEP)?.len()?,
         })
     }
-
-    /// What a pass with `cutoff` would condemn, as of one read transaction
-    /// (applies go on meanwhile): every entry last accessed before `cutoff`
-    /// that no manifest accessed since references, directly or through an
-    /// index. Manifests come first, so a manifest rescued before its chunk
-    /// applies has rescued its references before theirs does.
-    ///
-    /// The reference graph is kept as 64-bit hashes of the digests, a few
-    /// bytes an edge instead of two strings: a collision can only make an
-    /// idle digest look referenced, and so keep it, never condemn one.
-    pub(crate) fn gc_mark(&self, cutoff: u64) -> Result<Vec<Digest>, MetaError> {
-        let txn = self.db.begin_read()?;
-        let mut idle: Vec<(bool, Digest)> = Vec::new();
-        let mut refs: HashMap<u64, Vec<u64>> = HashMap::new();
-        let mut live_manifests = Vec::new();
-        for item in txn.open_table(ENTRIES)?.iter()? {
-            let (key, value) = item?;
-            let entry: crate::Entry = tables::decode("entries", key.value(), value.value())?;
-            let is_manifest = entry.kind == EntryKind::Manifest;
-            let id = hash_of(key.value());
-            if entry.last_access >= cutoff {
-                if is_manifest {
-                    live_manifests.push(id);
-                }
-            } else {
-                idle.push((!is_manifest, tables::decode_digest(key.value())?));
-            }
-            if is_manifest && !entry.refs.is_empty() {
-                refs.insert(id, entry.refs.iter().map(|r| hash_of(&r.to_string())).collect());
-            }
-        }
-        let mut kept: HashSet<u64> = HashSet::new();
-        let mut pending = live_manifests;
-        while let Some(manifest) = pending.pop() {
-            for referenced in refs.get(&manifest).into_iter().flatten() {
-                if kept.insert(*referenced) {
-                    pending.push(*referenced);
-                }
-            }
-        }
-        drop(refs);
-        idle.retain(|(_, digest)| !kept.contains(&hash_of(&digest.to_string())));
-        idle.sort();
-        Ok(idle.into_iter().map(|(_, digest)| digest).collect())
-    }
-}
-
-/// A digest's key as a 64-bit hash, the same for every spelling source.
-fn hash_of(digest: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    digest.hash(&mut hasher);
-    hasher.finish()
 }

@@ -14,9 +14,14 @@ use tracing::{debug, info, warn};
 
 use crate::{Cache, telemetry, unix_now};
 
+mod orphans;
+
 /// Digests per condemn or commit entry, and object keys per delete: no
 /// Raft entry or request grows large.
 const CHUNK: usize = 1000;
+
+/// Shorter orphan graces are accepted (tests use seconds) with a warning.
+const SAFE_ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 
 /// How garbage collection runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +36,12 @@ pub struct GcSettings {
     /// Objects the sweep deletes per second at most, so it yields to
     /// serving (at least 1).
     pub delete_rate: u32,
+    /// Objects no index entry names are deleted once this old: an upload
+    /// is indexed right after it completes, so only leftovers get this old.
+    pub orphan_grace: Duration,
+    /// The index's total size the object tier is kept under; least
+    /// recently used content goes first, down to [`meta::LOW_WATERMARK`] of it.
+    pub bucket_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +58,10 @@ impl Cache {
     /// Runs the collector until the task is aborted.
     pub fn spawn_collector(self: &Arc<Self>, settings: GcSettings) -> JoinHandle<()> {
         debug_assert!(!settings.interval.is_zero(), "the gc interval must be positive");
+        if settings.orphan_grace < SAFE_ORPHAN_GRACE {
+            warn!(orphan_grace = ?settings.orphan_grace,
+                "gc.orphan_grace is under an hour: an object whose indexing waits longer (no raft quorum for a while) is deleted as an orphan");
+        }
         let cache = Arc::clone(self);
         tokio::spawn(async move {
             let mut unindexed = HashSet::new();
@@ -57,12 +72,18 @@ impl Cache {
                     continue;
                 }
                 // Keys an earlier pass removed: every live member applied
-                // that commit at least an interval ago.
-                if let Err(e) = cache.sweep(settings.delete_rate).await {
-                    warn!(error = %e, "gc sweep failed; retrying next interval");
-                }
-                if settings.ttl.is_zero() {
-                    continue;
+                // that commit at least an interval ago. Orphans only once
+                // none is left, so none of those keys goes early.
+                match cache.sweep(settings.delete_rate).await {
+                    Ok(()) => {
+                        if let Err(e) = cache
+                            .sweep_orphans(settings.orphan_grace, settings.delete_rate)
+                            .await
+                        {
+                            warn!(error = %e, "gc orphan sweep failed; retrying next interval");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "gc sweep failed; retrying next interval"),
                 }
                 let started = std::time::Instant::now();
                 match cache.collect(&settings).await {
@@ -77,12 +98,15 @@ impl Cache {
         })
     }
 
-    /// One pass: marks idle content, condemns it, waits for rescues, and
-    /// commits what is still condemned. Answers `idle` when nothing was.
+    /// One pass: marks idle content (and, over the byte budget, the least
+    /// recently used), condemns it, waits for rescues, and commits what is
+    /// still condemned. Answers `idle` when nothing was.
     async fn collect(&self, settings: &GcSettings) -> Result<&'static str, GcError> {
-        let cutoff = unix_now().saturating_sub(settings.ttl).as_secs();
-        let meta = Arc::clone(&self.meta);
         let started = std::time::Instant::now();
+        let Some(cutoff) = self.cutoff(settings).await? else {
+            return Ok("idle");
+        };
+        let meta = Arc::clone(&self.meta);
         let marked = tokio::task::spawn_blocking(move || meta.gc_mark(cutoff)).await??;
         telemetry::gc_phase("mark", started.elapsed());
         if marked.is_empty() {
@@ -114,6 +138,24 @@ impl Cache {
             "gc pass committed"
         );
         Ok("committed")
+    }
+
+    /// The cutoff of a pass now: idle for longer than `ttl`, raised as far
+    /// as the byte budget needs; `None` when neither applies.
+    async fn cutoff(&self, settings: &GcSettings) -> Result<Option<u64>, GcError> {
+        let idle = (!settings.ttl.is_zero()).then(|| unix_now().saturating_sub(settings.ttl).as_secs());
+        let Some(budget) = settings.bucket_bytes else {
+            return Ok(idle);
+        };
+        let meta = Arc::clone(&self.meta);
+        let over_budget = tokio::task::spawn_blocking(move || meta.gc_budget_cutoff(budget)).await??;
+        if let Some(cutoff) = over_budget {
+            info!(
+                budget,
+                cutoff, "the index is over gc.bucket_bytes; collecting the least recently used"
+            );
+        }
+        Ok(idle.max(over_budget))
     }
 
     /// Deletes the object keys removed from the index, at most
