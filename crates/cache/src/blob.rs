@@ -7,7 +7,7 @@ use tokio::io::AsyncReadExt;
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
-use crate::body::{counted, file_range};
+use crate::body::{counted, file_range, kept_recent};
 use crate::disk_fill::DiskFill;
 use crate::inflight::Joined;
 use crate::object_read::{self, Check};
@@ -38,8 +38,9 @@ impl Cache {
         let hit = self.blob_from_tiers(src, repo, digest, range).await?;
         self.meta.record_access(digest);
         crate::telemetry::request("blob", hit.tier);
+        let body = kept_recent(hit.body, Arc::clone(&self.meta), digest.clone());
         Ok(BlobHit {
-            body: counted(hit.body, hit.tier),
+            body: counted(body, hit.tier),
             ..hit
         })
     }

@@ -88,3 +88,28 @@ pub(crate) fn counted(body: Body, tier: Tier) -> Body {
         ),
     }
 }
+
+/// How often a streaming body notes its digest's access again.
+const KEEP_RECENT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Notes an access to `digest` again every second while the body streams,
+/// so content being sent stays recent however long the response takes: a
+/// GC pass that condemned it meanwhile sees the access and rescues it
+/// before it commits (docs/gc.md), and its object is not swept mid-stream.
+pub(crate) fn kept_recent(body: Body, meta: Arc<meta::Meta>, digest: oci::Digest) -> Body {
+    match body {
+        Body::Full(bytes) => Body::Full(bytes),
+        Body::Stream(s) => {
+            let mut noted = std::time::Instant::now();
+            Body::Stream(
+                s.inspect(move |_| {
+                    if noted.elapsed() >= KEEP_RECENT_EVERY {
+                        noted = std::time::Instant::now();
+                        meta.record_access(&digest);
+                    }
+                })
+                .boxed(),
+            )
+        }
+    }
+}

@@ -227,6 +227,7 @@ impl Cache {
             repo: repo.as_str().to_owned(),
             tag: tag.as_str().to_owned(),
         };
+        self.meta.record_tag_request(&key);
         let ttl_ms = src.tag_ttl.as_millis() as u64;
         let fresh = |r: &TagRecord| unix_now().as_millis() as u64 <= r.checked_at_ms.saturating_add(ttl_ms);
         if let Some(record) = self.meta.tag(&key)?.filter(fresh) {
@@ -322,6 +323,7 @@ impl Cache {
             digest: hit.digest.clone(),
             media_type: hit.media_type.clone(),
             checked_at_ms: unix_now().as_millis() as u64,
+            requested_at: unix_now().as_secs(),
         };
         let cmd = Command::SetTag {
             key: key.clone(),

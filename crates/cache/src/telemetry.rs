@@ -17,6 +17,7 @@ const GC_CONDEMNED: &str = "regcache_gc_condemned_total";
 const GC_REMOVED: &str = "regcache_gc_removed_entries_total";
 const GC_DELETED_OBJECTS: &str = "regcache_gc_deleted_objects_total";
 const GC_DISK_REMOVED: &str = "regcache_gc_disk_removed_total";
+const GC_TAGS_DROPPED: &str = "regcache_gc_tags_dropped_total";
 const GC_ORPHANS_FOUND: &str = "regcache_gc_orphans_found_total";
 const GC_ORPHANS_DELETED: &str = "regcache_gc_orphans_deleted_total";
 
@@ -78,6 +79,11 @@ pub(crate) fn gc_deleted_objects(count: usize) {
 /// Disk copies a replica dropped because the index no longer names them.
 pub(crate) fn gc_disk_removed() {
     metrics::counter!(GC_DISK_REMOVED).increment(1);
+}
+
+/// Tags dropped because no replica served them within the ttl.
+pub(crate) fn gc_tags_dropped(count: usize) {
+    metrics::counter!(GC_TAGS_DROPPED).increment(count as u64);
 }
 
 /// Objects the orphan sweep found no index entry for (past the grace).

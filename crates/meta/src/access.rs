@@ -1,7 +1,9 @@
 //! Access times without a write per request: pulls note accesses in memory and
-//! a background task flushes them as one `Touch` per interval.
+//! a background task flushes them as one `Touch` per interval (and tag
+//! requests as one `TouchTags`).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -11,48 +13,69 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::warn;
 
-use crate::{Meta, MetaError};
+use crate::{Meta, MetaError, TagKey};
 
-/// Latest access per digest since the last flush (unix seconds).
-#[derive(Default)]
-pub(crate) struct PendingAccesses {
-    latest: Mutex<HashMap<Digest, u64>>,
-    /// Wakes the flusher before its interval: an access to content a GC
-    /// pass condemned must rescue it before the pass commits.
-    urgent: Notify,
+/// How often a replica's batched access times and tag requests are
+/// proposed: they reach the index up to this late.
+pub const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Latest access per key since the last flush (unix seconds).
+pub(crate) struct Latest<K> {
+    latest: Mutex<HashMap<K, u64>>,
 }
 
-impl PendingAccesses {
-    /// The hot path: one short lock, and an allocation only for a digest not
+impl<K> Default for Latest<K> {
+    fn default() -> Self {
+        Latest {
+            latest: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Clone + Eq + Hash + Ord> Latest<K> {
+    /// The hot path: one short lock, and an allocation only for a key not
     /// seen since the last flush.
-    pub(crate) fn record(&self, digest: &Digest, at: u64) {
+    pub(crate) fn record(&self, key: &K, at: u64) {
         let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
-        match latest.get_mut(digest) {
+        match latest.get_mut(key) {
             Some(t) => *t = (*t).max(at),
             None => {
-                latest.insert(digest.clone(), at);
+                latest.insert(key.clone(), at);
             }
         }
     }
 
     /// Takes everything pending, sorted so the command is reproducible.
-    pub(crate) fn take(&self) -> Vec<(Digest, u64)> {
+    pub(crate) fn take(&self) -> Vec<(K, u64)> {
         let taken = std::mem::take(&mut *self.latest.lock().unwrap_or_else(PoisonError::into_inner));
         let mut accesses: Vec<_> = taken.into_iter().collect();
         accesses.sort_unstable();
         accesses
     }
 
+    /// Puts back a batch whose flush failed, so the next flush retries it.
+    pub(crate) fn restore(&self, accesses: Vec<(K, u64)>) {
+        for (key, at) in &accesses {
+            self.record(key, *at);
+        }
+    }
+}
+
+/// What the flusher proposes: content accesses as a `Touch`, tag requests
+/// as a `TouchTags`.
+#[derive(Default)]
+pub(crate) struct PendingAccesses {
+    pub(crate) digests: Latest<Digest>,
+    pub(crate) tags: Latest<TagKey>,
+    /// Wakes the flusher before its interval: an access to content a GC
+    /// pass condemned must rescue it before the pass commits.
+    urgent: Notify,
+}
+
+impl PendingAccesses {
     /// Asks for a flush now rather than at the next interval.
     pub(crate) fn flush_soon(&self) {
         self.urgent.notify_one();
-    }
-
-    /// Puts back a batch whose flush failed, so the next flush retries it.
-    pub(crate) fn restore(&self, accesses: Vec<(Digest, u64)>) {
-        for (digest, at) in &accesses {
-            self.record(digest, *at);
-        }
     }
 }
 
@@ -112,7 +135,7 @@ mod tests {
 
     #[test]
     fn coalesces_to_the_latest_time_per_digest() {
-        let pending = PendingAccesses::default();
+        let pending = Latest::default();
         pending.record(&digest(1), 10);
         pending.record(&digest(1), 30);
         pending.record(&digest(1), 20);
@@ -125,7 +148,7 @@ mod tests {
 
     #[test]
     fn restore_merges_with_newer_accesses() {
-        let pending = PendingAccesses::default();
+        let pending = Latest::default();
         pending.record(&digest(1), 50);
         pending.restore(vec![(digest(1), 40), (digest(2), 7)]);
         let mut expected = vec![(digest(1), 50), (digest(2), 7)];

@@ -35,9 +35,20 @@ pub enum Command {
     GcCommit { epoch: u64, max: u32 },
     /// The object keys a sweeper deleted, no longer to be swept.
     Swept { keys: Vec<String> },
+    /// A batch of tag request times (unix seconds); only moves times
+    /// forward; unknown tags are ignored.
+    TouchTags { tags: Vec<(TagKey, u64)> },
+    /// Drops the tags not requested since `cutoff` (unix seconds).
+    DropIdleTags { cutoff: u64 },
 }
 
 impl Command {
+    /// Access times: coarse, so applied without an fsync (see
+    /// `StateDb::apply`).
+    pub(crate) fn is_touch(&self) -> bool {
+        matches!(self, Command::Touch { .. } | Command::TouchTags { .. })
+    }
+
     /// Short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
@@ -49,6 +60,8 @@ impl Command {
             Command::GcCondemn { .. } => "gc_condemn",
             Command::GcCommit { .. } => "gc_commit",
             Command::Swept { .. } => "swept",
+            Command::TouchTags { .. } => "touch_tags",
+            Command::DropIdleTags { .. } => "drop_idle_tags",
         }
     }
 }
@@ -68,6 +81,18 @@ pub struct TagRecord {
     pub digest: Digest,
     pub media_type: String,
     pub checked_at_ms: u64,
+    /// When any replica last served the tag (unix seconds, coarse: batched
+    /// like access times). Records written before it existed read 0, and
+    /// then the check time stands in: a tag is only checked when requested.
+    #[serde(default)]
+    pub requested_at: u64,
+}
+
+impl TagRecord {
+    /// The newest request known for the tag (unix seconds).
+    pub fn last_requested(&self) -> u64 {
+        self.requested_at.max(self.checked_at_ms / 1000)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -24,6 +24,7 @@ pub fn record(n: u32, checked_at_ms: u64) -> TagRecord {
         digest: digest(n),
         media_type: "application/vnd.oci.image.manifest.v1+json".into(),
         checked_at_ms,
+        requested_at: checked_at_ms / 1000,
     }
 }
 

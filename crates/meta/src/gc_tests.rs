@@ -282,3 +282,55 @@ fn a_budget_reaches_through_an_index_and_takes_whole_seconds() {
     assert_eq!(cutoff, 51);
     assert_eq!(db.db.gc_mark(cutoff).unwrap(), [digest(4), digest(5)]);
 }
+
+#[test]
+fn tags_not_requested_since_the_cutoff_are_dropped() {
+    use crate::TagRecord;
+    use crate::fixtures::{key as tag_key, record};
+    let mut db = Db::new();
+    // Checked (and so requested) at 10 s, at 100 s; the first then
+    // requested again at 60 s through a batched TouchTags.
+    for (tag, checked_at) in [("old", 10), ("new", 100), ("touched", 10)] {
+        db.apply(Command::SetTag {
+            key: tag_key("docker.io", "library/app", tag),
+            record: record(1, checked_at * 1000),
+        });
+    }
+    db.apply(Command::TouchTags {
+        tags: vec![
+            (tag_key("docker.io", "library/app", "touched"), 60),
+            (tag_key("docker.io", "library/app", "unknown"), 60),
+        ],
+    });
+    // A revalidation keeps the newer request time it replaces.
+    db.apply(Command::SetTag {
+        key: tag_key("docker.io", "library/app", "touched"),
+        record: TagRecord {
+            requested_at: 0,
+            ..record(2, 20_000)
+        },
+    });
+    assert_eq!(db.db.gc_idle_tags(CUTOFF).unwrap(), 1);
+    db.apply(Command::DropIdleTags { cutoff: CUTOFF });
+    let kept: Vec<String> = db
+        .db
+        .tags_of("docker.io", "library/app")
+        .unwrap()
+        .into_iter()
+        .map(|(tag, _)| tag)
+        .collect();
+    assert_eq!(kept, ["new", "touched"]);
+    let touched = db
+        .db
+        .tag(&tag_key("docker.io", "library/app", "touched"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((touched.digest, touched.requested_at), (digest(2), 60));
+}
+
+#[test]
+fn a_tag_record_from_before_request_times_counts_its_check_as_a_request() {
+    let json = r#"{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","media_type":"m","checked_at_ms":70500}"#;
+    let record: crate::TagRecord = serde_json::from_str(json).unwrap();
+    assert_eq!((record.requested_at, record.last_requested()), (0, 70));
+}

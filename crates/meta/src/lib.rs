@@ -32,7 +32,7 @@ use oci::Digest;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
-pub use access::AccessFlusher;
+pub use access::{ACCESS_FLUSH_INTERVAL, AccessFlusher};
 pub use command::{Command, Entry, EntryKind, TagKey, TagRecord};
 pub use error::MetaError;
 pub use gc::{GcState, LOW_WATERMARK};
@@ -207,6 +207,11 @@ impl Meta {
         self.state.gc_mark(cutoff)
     }
 
+    /// How many tags no replica served since `cutoff` (unix seconds).
+    pub fn gc_idle_tags(&self, cutoff: u64) -> Result<usize, MetaError> {
+        self.state.gc_idle_tags(cutoff)
+    }
+
     /// The cutoff that brings the index under `budget` bytes (see
     /// [`LOW_WATERMARK`]); `None` while it is within.
     pub fn gc_budget_cutoff(&self, budget: u64) -> Result<Option<u64>, MetaError> {
@@ -237,31 +242,43 @@ impl Meta {
     /// when a GC pass condemned `digest` (the access rescues it). Memory is
     /// one map slot per distinct digest served since the last flush.
     pub fn record_access(&self, digest: &Digest) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.accesses.record(digest, now);
+        self.accesses.digests.record(digest, now_secs());
         if self.state.is_condemned(digest).unwrap_or(false) {
             self.accesses.flush_soon();
         }
     }
 
-    /// Proposes the accesses noted so far as one `Touch`, now; returns how
-    /// many digests it carried. On failure they stay pending for the next try.
+    /// Notes that a tag was served now, batched like [`Meta::record_access`]:
+    /// a tag nobody requested since a GC pass's cutoff is dropped.
+    pub fn record_tag_request(&self, key: &TagKey) {
+        self.accesses.tags.record(key, now_secs());
+    }
+
+    /// Proposes the accesses noted so far as one `Touch` and the tag
+    /// requests as one `TouchTags`, now; returns how many digests and tags
+    /// they carried. On failure they stay pending for the next try.
     pub async fn flush_accesses(&self) -> Result<usize, MetaError> {
-        let accesses = self.accesses.take();
-        if accesses.is_empty() {
-            return Ok(0);
-        }
+        let accesses = self.accesses.digests.take();
         let count = accesses.len();
-        let cmd = Command::Touch {
-            accesses: accesses.clone(),
-        };
-        if let Err(error) = self.propose(cmd).await {
-            self.accesses.restore(accesses);
+        if !accesses.is_empty() {
+            let cmd = Command::Touch {
+                accesses: accesses.clone(),
+            };
+            if let Err(error) = self.propose(cmd).await {
+                self.accesses.digests.restore(accesses);
+                return Err(error);
+            }
+        }
+        let tags = self.accesses.tags.take();
+        if tags.is_empty() {
+            return Ok(count);
+        }
+        let tagged = tags.len();
+        if let Err(error) = self.propose(Command::TouchTags { tags: tags.clone() }).await {
+            self.accesses.tags.restore(tags);
             return Err(error);
         }
-        Ok(count)
+        Ok(count + tagged)
     }
 
     /// Spawns the task that flushes noted accesses every `interval` (e.g.
@@ -269,4 +286,10 @@ impl Meta {
     pub fn spawn_access_flusher(self: &Arc<Self>, interval: Duration) -> AccessFlusher {
         AccessFlusher::spawn(Arc::clone(self), interval)
     }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

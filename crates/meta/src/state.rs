@@ -91,7 +91,7 @@ impl StateDb {
     /// with its index, so state and index never disagree.
     pub fn apply(&self, index: u64, cmd: &Command) -> Result<(), MetaError> {
         let mut txn = self.db.begin_write()?;
-        if matches!(cmd, Command::Touch { .. }) {
+        if cmd.is_touch() {
             txn.set_durability(Durability::None)?;
         }
         apply_in(&txn, index, Some(cmd))?;
@@ -141,13 +141,17 @@ impl StateDb {
     pub fn validate(cmd: &Command) -> Result<(), MetaError> {
         match cmd {
             Command::SetTag { key, .. } => tables::tag_key(key).map(drop),
+            Command::TouchTags { tags } => tags
+                .iter()
+                .try_for_each(|(key, _)| tables::tag_key(key).map(drop)),
             Command::PutEntry { .. }
             | Command::Touch { .. }
             | Command::RemoveEntries { .. }
             | Command::GcStart { .. }
             | Command::GcCondemn { .. }
             | Command::GcCommit { .. }
-            | Command::Swept { .. } => Ok(()),
+            | Command::Swept { .. }
+            | Command::DropIdleTags { .. } => Ok(()),
         }
     }
 
@@ -173,7 +177,7 @@ impl StateDb {
         let mut txn = self.db.begin_write()?;
         let only_touches = entries
             .iter()
-            .all(|e| matches!(e.payload, EntryPayload::Normal(Command::Touch { .. })));
+            .all(|e| matches!(&e.payload, EntryPayload::Normal(cmd) if cmd.is_touch()));
         if only_touches {
             txn.set_durability(Durability::None)?;
         }
@@ -232,11 +236,7 @@ impl StateDb {
     pub fn tag(&self, key: &TagKey) -> Result<Option<TagRecord>, MetaError> {
         let stored = tables::tag_key(key)?;
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(TAGS)?;
-        match table.get(stored.as_str())? {
-            Some(guard) => tables::decode("tags", &stored, guard.value()).map(Some),
-            None => Ok(None),
-        }
+        tables::get_tag(&txn.open_table(TAGS)?, &stored)
     }
 
     pub fn entry(&self, digest: &Digest) -> Result<Option<Entry>, MetaError> {
@@ -294,8 +294,24 @@ fn apply_in(txn: &WriteTransaction, index: u64, cmd: Option<&Command>) -> Result
     match cmd {
         Command::SetTag { key, record } => {
             let stored = tables::tag_key(key)?;
-            let value = tables::encode("tag record", record)?;
-            txn.open_table(TAGS)?.insert(stored.as_str(), value.as_slice())?;
+            let mut tags = txn.open_table(TAGS)?;
+            let mut merged = record.clone();
+            if let Some(old) = tables::get_tag(&tags, &stored)? {
+                merged.requested_at = merged.requested_at.max(old.requested_at);
+            }
+            tables::put_tag(&mut tags, &stored, &merged)?;
+        }
+        Command::TouchTags { tags } => {
+            let mut table = txn.open_table(TAGS)?;
+            for (key, at) in tags {
+                let stored = tables::tag_key(key)?;
+                if let Some(mut record) = tables::get_tag(&table, &stored)?
+                    && *at > record.requested_at
+                {
+                    record.requested_at = *at;
+                    tables::put_tag(&mut table, &stored, &record)?;
+                }
+            }
         }
         Command::PutEntry { digest, entry } => {
             let mut entries = txn.open_table(ENTRIES)?;
@@ -346,6 +362,7 @@ fn apply_in(txn: &WriteTransaction, index: u64, cmd: Option<&Command>) -> Result
         Command::GcCondemn { epoch, digests } => gc::condemn(txn, *epoch, digests)?,
         Command::GcCommit { epoch, max } => gc::commit(txn, &mut meta, *epoch, *max)?,
         Command::Swept { keys } => gc::swept(txn, keys)?,
+        Command::DropIdleTags { cutoff } => gc::drop_idle_tags(txn, *cutoff)?,
     }
     tables::set_last_applied(&mut meta, Some(index))
 }

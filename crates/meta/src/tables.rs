@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::state::RaftApplied;
-use crate::{Entry, EntryKind, MetaError, TagKey};
+use crate::{Entry, EntryKind, MetaError, TagKey, TagRecord};
 
 /// "upstream\0repo\0tag" -> JSON `TagRecord`: NUL sorts first, so all tags of
 /// one repository are one contiguous key range.
@@ -118,6 +118,25 @@ pub(crate) fn put_entry(
     entry: &Entry,
 ) -> Result<(), MetaError> {
     table.insert(key, encode("entry", entry)?.as_slice())?;
+    Ok(())
+}
+
+pub(crate) fn get_tag(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<TagRecord>, MetaError> {
+    match table.get(key)? {
+        Some(guard) => decode("tags", key, guard.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn put_tag(
+    table: &mut Table<&'static str, &'static [u8]>,
+    key: &str,
+    record: &TagRecord,
+) -> Result<(), MetaError> {
+    table.insert(key, encode("tag record", record)?.as_slice())?;
     Ok(())
 }
 

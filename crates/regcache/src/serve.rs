@@ -21,9 +21,6 @@ use crate::config::{Config, StorageConfig, StorageKind};
 /// How long shutdown waits for downloads under way to be kept.
 const SHUTDOWN_DOWNLOAD_WAIT: Duration = Duration::from_secs(30);
 
-/// How often batched last-access times are written.
-const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
-
 pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -59,7 +56,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         }
         None => None,
     };
-    let flusher = meta.spawn_access_flusher(ACCESS_FLUSH_INTERVAL);
+    let flusher = meta.spawn_access_flusher(meta::ACCESS_FLUSH_INTERVAL);
     let state = AppState {
         cache: Arc::clone(&cache),
         routes: Arc::new(routes),

@@ -98,8 +98,9 @@ fn idle_content_leaves_every_tier_and_the_next_pull_fetches_it_again() {
         "nothing reached the object tier"
     );
 
-    wait_until("collected the idle image", &s.cache, || {
-        index_entries(&s.cache) == 0.0
+    wait_until("collected the idle image and its tag", &s.cache, || {
+        let m = metrics(&s.cache);
+        metric(&m, "regcache_index_entries", "") == 0.0 && metric(&m, "regcache_index_tags", "") == 0.0
     });
     let disk = s.dir.path().join("data/blobs");
     wait_until("swept the object tier and the disk", &s.cache, || {
@@ -120,6 +121,7 @@ fn idle_content_leaves_every_tier_and_the_next_pull_fetches_it_again() {
     );
     assert_eq!(metric(&m, "regcache_gc_removed_entries_total", ""), stored, "{m}");
     assert_eq!(metric(&m, "regcache_gc_deleted_objects_total", ""), stored, "{m}");
+    assert_eq!(metric(&m, "regcache_gc_tags_dropped_total", ""), 1.0, "{m}");
     let (_, body) = raw_request(&s.cache.host(), "GET", "/status.json");
     let status: serde_json::Value = serde_json::from_slice(&body).expect("status json");
     assert!(status["gc"]["epoch"].as_u64() >= Some(1), "{status:#}");
@@ -150,6 +152,12 @@ fn content_pulled_all_along_is_never_collected() {
     }
     let stored = (image.blob_digests().len() + 1) as f64;
     assert_eq!(index_entries(&s.cache), stored, "{}", s.cache.process.logs());
+    let m = metrics(&s.cache);
+    assert_eq!(
+        metric(&m, "regcache_index_tags", ""),
+        1.0,
+        "a tag requested all along was dropped"
+    );
     assert_eq!(
         s.seeded.registry.count("GET", "/blobs/sha256:"),
         0,

@@ -68,34 +68,62 @@ impl Cache {
             loop {
                 tokio::time::sleep(settings.interval).await;
                 unindexed = cache.drop_unindexed_disk_copies(unindexed);
-                if !cache.meta.leads() {
-                    continue;
+                if cache.meta.leads() {
+                    cache.lead_round(&settings).await;
                 }
-                // Keys an earlier pass removed: every live member applied
-                // that commit at least an interval ago. Orphans only once
-                // none is left, so none of those keys goes early.
-                match cache.sweep(settings.delete_rate).await {
-                    Ok(()) => {
-                        if let Err(e) = cache
-                            .sweep_orphans(settings.orphan_grace, settings.delete_rate)
-                            .await
-                        {
-                            warn!(error = %e, "gc orphan sweep failed; retrying next interval");
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "gc sweep failed; retrying next interval"),
-                }
-                let started = std::time::Instant::now();
-                match cache.collect(&settings).await {
-                    Ok(outcome) => telemetry::gc_run(outcome),
-                    Err(e) => {
-                        telemetry::gc_run("failed");
-                        warn!(error = %e, "gc pass failed; the next one starts over");
-                    }
-                }
-                telemetry::gc_phase("pass", started.elapsed());
             }
         })
+    }
+
+    /// The leader's work each interval. Keys an earlier pass removed go
+    /// first: every live member applied that commit at least an interval
+    /// ago. Orphans only once none of those is left, so none goes early.
+    async fn lead_round(&self, settings: &GcSettings) {
+        match self.sweep(settings.delete_rate).await {
+            Ok(()) => {
+                if let Err(e) = self
+                    .sweep_orphans(settings.orphan_grace, settings.delete_rate)
+                    .await
+                {
+                    warn!(error = %e, "gc orphan sweep failed; retrying next interval");
+                }
+            }
+            Err(e) => warn!(error = %e, "gc sweep failed; retrying next interval"),
+        }
+        if let Err(e) = self.drop_idle_tags(settings.ttl).await {
+            warn!(error = %e, "dropping idle tags failed; retrying next interval");
+        }
+        let started = std::time::Instant::now();
+        match self.collect(settings).await {
+            Ok(outcome) => telemetry::gc_run(outcome),
+            Err(e) => {
+                telemetry::gc_run("failed");
+                warn!(error = %e, "gc pass failed; the next one starts over");
+            }
+        }
+        telemetry::gc_phase("pass", started.elapsed());
+    }
+
+    /// Drops the tags no replica served within `ttl` (none when it is
+    /// zero), give or take the batching of request times: a tag is kept
+    /// one flush interval longer, so one requested just now but not yet
+    /// flushed stays. (Content needs no such margin: a pass's rescue brings
+    /// its accesses in at once.)
+    async fn drop_idle_tags(&self, ttl: Duration) -> Result<(), GcError> {
+        if ttl.is_zero() {
+            return Ok(());
+        }
+        let cutoff = unix_now()
+            .saturating_sub(ttl + meta::ACCESS_FLUSH_INTERVAL)
+            .as_secs();
+        let meta = Arc::clone(&self.meta);
+        let idle = tokio::task::spawn_blocking(move || meta.gc_idle_tags(cutoff)).await??;
+        if idle > 0 {
+            self.meta.propose(Command::DropIdleTags { cutoff }).await?;
+            telemetry::gc_tags_dropped(idle);
+            info!(tags = idle, "gc dropped tags not requested within the ttl");
+        }
+        Ok(())
     }
 
     /// One pass: marks idle content (and, over the byte budget, the least

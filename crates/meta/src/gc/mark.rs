@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 use oci::Digest;
 use redb::{ReadableDatabase, ReadableTable};
 
-use crate::tables::{self, ENTRIES, META, Totals};
-use crate::{EntryKind, MetaError, StateDb};
+use crate::tables::{self, ENTRIES, META, TAGS, Totals};
+use crate::{EntryKind, MetaError, StateDb, TagRecord};
 
 /// A budget pass collects down to this share of the budget, so it does not
 /// run again as soon as a few new blobs arrive.
@@ -59,6 +59,19 @@ impl StateDb {
         idle.retain(|(_, digest)| !kept.contains(&hash_of(&digest.to_string())));
         idle.sort();
         Ok(idle.into_iter().map(|(_, digest)| digest).collect())
+    }
+
+    /// How many tags no replica served since `cutoff`: a pass drops them
+    /// even when no content is idle.
+    pub(crate) fn gc_idle_tags(&self, cutoff: u64) -> Result<usize, MetaError> {
+        let txn = self.db.begin_read()?;
+        let mut idle = 0;
+        for item in txn.open_table(TAGS)?.iter()? {
+            let (key, value) = item?;
+            let record: TagRecord = tables::decode("tags", key.value(), value.value())?;
+            idle += usize::from(record.last_requested() < cutoff);
+        }
+        Ok(idle)
     }
 
     /// The cutoff a pass needs to bring the index's total size under

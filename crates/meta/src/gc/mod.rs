@@ -7,8 +7,8 @@ use oci::Digest;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use crate::tables::{self, CONDEMNED, ENTRIES, GC, RESCUED, SWEEP, Totals};
-use crate::{EntryKind, MetaError, StateDb};
+use crate::tables::{self, CONDEMNED, ENTRIES, GC, RESCUED, SWEEP, TAGS, Totals};
+use crate::{EntryKind, MetaError, StateDb, TagRecord};
 
 mod mark;
 
@@ -171,6 +171,25 @@ pub(crate) fn commit(
         drop(condemned);
         txn.delete_table(RESCUED)?;
         txn.open_table(RESCUED)?;
+    }
+    Ok(())
+}
+
+/// `DropIdleTags`: drops the tags no replica served since `cutoff`. The
+/// next request for one asks the upstream again, and its manifest is kept
+/// only as long as its own accesses keep it.
+pub(crate) fn drop_idle_tags(txn: &WriteTransaction, cutoff: u64) -> Result<(), MetaError> {
+    let mut tags = txn.open_table(TAGS)?;
+    let mut idle = Vec::new();
+    for item in tags.iter()? {
+        let (key, value) = item?;
+        let record: TagRecord = tables::decode("tags", key.value(), value.value())?;
+        if record.last_requested() < cutoff {
+            idle.push(key.value().to_owned());
+        }
+    }
+    for key in idle {
+        tags.remove(key.as_str())?;
     }
     Ok(())
 }
