@@ -334,3 +334,15 @@ fn a_tag_record_from_before_request_times_counts_its_check_as_a_request() {
     let record: crate::TagRecord = serde_json::from_str(json).unwrap();
     assert_eq!((record.requested_at, record.last_requested()), (0, 70));
 }
+
+#[test]
+fn an_access_from_before_the_cutoff_flushed_late_rescues_nothing() {
+    let mut db = two_images();
+    db.mark_and_condemn(1);
+    db.apply(Command::Touch {
+        accesses: vec![(digest(14), IDLE + 1), (digest(13), CUTOFF)],
+    });
+    db.apply(Command::GcCommit { epoch: 1, max: 100 });
+    assert!(!db.has(14), "an old access kept idle content");
+    assert!(db.has(13), "an access at the cutoff is recent");
+}

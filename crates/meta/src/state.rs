@@ -345,7 +345,7 @@ fn apply_in(txn: &WriteTransaction, index: u64, cmd: Option<&Command>) -> Result
                 }
             }
             drop(entries);
-            gc::rescue(txn, accesses.iter().map(|(digest, _)| digest))?;
+            gc::rescue_accessed(txn, accesses)?;
         }
         Command::RemoveEntries { digests } => {
             let mut entries = txn.open_table(ENTRIES)?;

@@ -101,6 +101,23 @@ pub(crate) fn condemn(txn: &WriteTransaction, epoch: u64, digests: &[Digest]) ->
     Ok(())
 }
 
+/// `Touch` during a pass: rescues what was served since the pass's cutoff.
+/// An access from before it (batched late) is no reason to keep content:
+/// a response that streams on notes its access every second, so anything
+/// still being sent was accessed since.
+pub(crate) fn rescue_accessed(txn: &WriteTransaction, accesses: &[(Digest, u64)]) -> Result<(), MetaError> {
+    let Some(cutoff) = state(&txn.open_table(GC)?)?.cutoff else {
+        return Ok(());
+    };
+    rescue(
+        txn,
+        accesses
+            .iter()
+            .filter(|(_, at)| *at >= cutoff)
+            .map(|(digest, _)| digest),
+    )
+}
+
 /// Keeps `digests`, and everything they reference when they are
 /// manifests, out of the open pass: they were served, or a manifest newly
 /// indexed names them. Nothing to do when no pass is open.

@@ -18,6 +18,7 @@ pub struct Cluster {
     dirs: BTreeMap<u64, TempDir>,
     members: BTreeMap<u64, Option<Regcache>>,
     extra: Vec<String>,
+    env: Vec<(&'static str, String)>,
     /// Holds the config and the shared object tier.
     _shared: TempDir,
 }
@@ -33,9 +34,28 @@ impl Cluster {
     /// (e.g. a `[cache]` table).
     pub fn start_with_config(upstream_url: &str, n: u64, toml: &str, extra: &[&str]) -> Cluster {
         let shared = tempfile::tempdir().expect("shared dir");
-        let config = shared.path().join("regcache.toml");
         let objects = shared.path().join("objects");
         let text = format!("{toml}\n[storage]\nkind = \"fs\"\npath = {objects:?}\n");
+        Self::launch(upstream_url, n, shared, &text, extra, Vec::new())
+    }
+
+    /// [`Cluster::start_with_config`] with the object tier in `s3`'s bucket.
+    pub fn start_on_s3(upstream_url: &str, n: u64, toml: &str, s3: &testkit::S3Server) -> Cluster {
+        let shared = tempfile::tempdir().expect("shared dir");
+        let args = super::s3_args(s3);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::launch(upstream_url, n, shared, toml, &args, s3.env())
+    }
+
+    fn launch(
+        upstream_url: &str,
+        n: u64,
+        shared: TempDir,
+        text: &str,
+        extra: &[&str],
+        env: Vec<(&'static str, String)>,
+    ) -> Cluster {
+        let config = shared.path().join("regcache.toml");
         std::fs::write(&config, text).expect("config");
         let ports = (1..=n).map(|id| (id, testkit::stable_port())).collect();
         let mut cluster = Cluster {
@@ -45,6 +65,7 @@ impl Cluster {
             dirs: BTreeMap::new(),
             members: BTreeMap::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env,
             _shared: shared,
         };
         for id in 1..=n {
@@ -83,7 +104,7 @@ impl Cluster {
         }
         args.extend(self.extra.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let member = Regcache::start_url(&self.upstream_url, &dir, &refs);
+        let member = Regcache::start_url_env(&self.upstream_url, &dir, &refs, &self.env);
         self.members.insert(id, Some(member));
     }
 
