@@ -71,9 +71,11 @@ fn run_serve(cfg: config::Config) -> anyhow::Result<()> {
 }
 
 /// The log filter when `RUST_LOG` is unset: openraft logs its internal
-/// state at INFO, which means nothing to an operator; the group's changes
-/// are logged by `meta` in regcache's own words instead.
-const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
+/// state at INFO and every failed heartbeat to a down member at WARN (ten
+/// lines a second), which means nothing to an operator; the group's
+/// changes and unreachable peers are logged by `meta` in regcache's own
+/// words instead, once each.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=error";
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

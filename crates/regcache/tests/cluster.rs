@@ -187,9 +187,17 @@ fn a_killed_leader_is_replaced_and_catches_up_when_it_returns() {
         registry.requests()
     );
 
+    // One line for the outage, not one per heartbeat.
+    let logs = cluster.member(new).process.logs();
+    let unreachable = format!("raft peer unreachable node_id={old}");
+    assert_eq!(logs.matches(&unreachable).count(), 1, "{logs}");
+    assert!(!logs.contains("openraft"), "openraft's own lines: {logs}");
+
     cluster.start_member(old);
     cluster.leader(&[1, 2, 3], ELECTION_DEADLINE);
     cluster.caught_up(old, new, Duration::from_secs(20));
+    let reached = format!("raft peer reachable again node_id={old}");
+    assert!(cluster.member(new).process.logs().contains(&reached));
     let view = cluster.status(old);
     assert_eq!(
         view["leader"].as_u64(),

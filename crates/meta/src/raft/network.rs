@@ -8,10 +8,12 @@
 //! request that ran past its deadline is `Timeout`, anything else is a
 //! `Network` error retried at once.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream};
 use openraft::OptionalSend;
@@ -25,6 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
+use tracing::{info, warn};
 
 use super::channel::{peer_endpoint, raft_client};
 use super::pb::raft_client::RaftClient;
@@ -59,6 +62,38 @@ pub enum TransportError {
 pub struct GrpcNetwork {
     /// This node's id, for the `Timeout` errors openraft wants.
     id: u64,
+    reachability: Arc<Reachability>,
+}
+
+/// Which peers this member could not reach, so an outage is one WARN line
+/// and its end one INFO line, whatever the number of heartbeats and
+/// clients openraft makes for the peer (its own per-heartbeat lines are
+/// below the default log level).
+#[derive(Debug, Default)]
+struct Reachability {
+    /// Since when each unreachable peer has been.
+    down: Mutex<HashMap<u64, Instant>>,
+}
+
+impl Reachability {
+    fn reached(&self, target: u64) {
+        let since = self
+            .down
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&target);
+        if let Some(since) = since {
+            info!(node_id = target, down_for = ?since.elapsed(), "raft peer reachable again");
+        }
+    }
+
+    fn missed(&self, target: u64, addr: &str, error: &dyn std::fmt::Display) {
+        let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Entry::Vacant(slot) = down.entry(target) {
+            slot.insert(Instant::now());
+            warn!(node_id = target, addr, %error, "raft peer unreachable");
+        }
+    }
 }
 
 /// Bound on sending one full snapshot, streaming and installing included.
@@ -68,7 +103,10 @@ impl GrpcNetwork {
     /// A factory for node `id`: connects within the cluster port's connect
     /// timeout (openraft retries), and allows a snapshot transfer 10 minutes.
     pub fn new(id: u64) -> GrpcNetwork {
-        GrpcNetwork { id }
+        GrpcNetwork {
+            id,
+            reachability: Arc::default(),
+        }
     }
 }
 
@@ -91,8 +129,10 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
         PeerClient {
             id: self.id,
             target,
+            addr: node.addr.clone(),
             client,
             snapshot_timeout: SNAPSHOT_TIMEOUT,
+            reachability: Arc::clone(&self.reachability),
         }
     }
 }
@@ -101,9 +141,11 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
 pub struct PeerClient {
     id: u64,
     target: u64,
+    addr: String,
     /// The client, or why the peer's address is unusable.
     client: Result<RaftClient<Channel>, String>,
     snapshot_timeout: Duration,
+    reachability: Arc<Reachability>,
 }
 
 impl PeerClient {
@@ -121,8 +163,33 @@ impl PeerClient {
         }
     }
 
-    /// One unary RPC: encode, send within `option.hard_ttl()`, decode.
+    /// One unary RPC, with the peer's reachability noted.
     async fn unary<Req, Resp, F, Fut>(
+        &self,
+        action: RPCTypes,
+        req: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, RaftRequest) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
+    {
+        let result = self.send(action, req, option, call).await;
+        match &result {
+            Ok(_) => self.reachability.reached(self.target),
+            Err(e @ (RPCError::Unreachable(_) | RPCError::Timeout(_))) => {
+                self.reachability.missed(self.target, &self.addr, e);
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Encodes, sends within `option.hard_ttl()`, decodes.
+    async fn send<Req, Resp, F, Fut>(
         &self,
         action: RPCTypes,
         req: &Req,
