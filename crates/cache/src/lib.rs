@@ -29,7 +29,7 @@ use store::{DiskStore, MemoryStore, StoreError};
 use upstream::{Upstream, UpstreamError};
 
 pub use blob::BlobHit;
-pub use gc::GcSettings;
+pub use gc::{Collector, GcSettings};
 pub use manifest::ManifestHit;
 pub use object_tier::ObjectTier;
 

@@ -12,6 +12,7 @@ mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fixtures;
 mod gc;
+mod gc_control;
 #[cfg(test)]
 mod gc_tests;
 mod group;
@@ -36,6 +37,7 @@ pub use access::{ACCESS_FLUSH_INTERVAL, AccessFlusher};
 pub use command::{Command, Entry, EntryKind, TagKey, TagRecord};
 pub use error::MetaError;
 pub use gc::{GcState, LOW_WATERMARK};
+pub use gc_control::{GcControl, GcFuture, GcPlan, GcReport, GcRound, GcRunOutcome};
 pub use group::GroupSettings;
 pub use state::MetaStats;
 pub(crate) use state::StateDb;
@@ -44,7 +46,9 @@ pub use status::{GroupStatus, MemberStatus};
 
 /// The client of the cluster port's Admin service, for `regcache cluster`.
 pub mod admin {
-    pub use crate::raft::admin::{AddNode, AdminError, RemoveNode, add_node, remove_node, status};
+    pub use crate::raft::admin::{
+        AddNode, AdminError, RemoveNode, add_node, gc_run, gc_status, remove_node, status,
+    };
 }
 
 use access::PendingAccesses;
@@ -138,13 +142,14 @@ impl Meta {
     pub fn serve_cluster(
         &self,
         listener: tokio::net::TcpListener,
+        gc: Option<Arc<dyn GcControl>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<impl Future<Output = Result<(), MetaError>> + Send + 'static, MetaError> {
         let Order::Raft(group) = &self.order else {
             return Err(MetaError::Offline);
         };
         let raft = group.service().into_server();
-        let admin = raft::admin::AdminService::new(group.raft().clone()).into_server();
+        let admin = raft::admin::AdminService::new(group.raft().clone(), gc).into_server();
         Ok(async move {
             tonic::transport::Server::builder()
                 .add_service(raft)

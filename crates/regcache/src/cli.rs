@@ -1,5 +1,5 @@
-//! Command line. Subcommands are nested by topic (`config check`) so that
-//! later ones (`config containerd`, `cluster …`, `index rebuild`) slot in.
+//! Command line. Subcommands are nested by topic (`config check`,
+//! `config containerd`, `cluster …`, `gc …`, `index rebuild`).
 
 use std::path::PathBuf;
 
@@ -29,6 +29,36 @@ pub enum Command {
     /// Inspect and change the Raft group, through any member's cluster port.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Garbage collection on the leader, through any member's cluster port.
+    #[command(subcommand)]
+    Gc(GcCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GcCommand {
+    /// Start a round now (sweep, orphans, idle tags, a pass), or with
+    /// --dry-run print what a pass would take and the bytes it would free.
+    Run {
+        /// Any member's cluster port, e.g. regcache-0.regcache-peers:5001.
+        #[arg(long, env = "REGCACHE_CLUSTER", value_name = "HOST:PORT")]
+        cluster: String,
+        /// Print what would go; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the current pass and the leader's last rounds: when, how long,
+    /// entries condemned and removed, objects deleted, tags dropped, errors.
+    Status {
+        /// Any member's cluster port.
+        #[arg(long, env = "REGCACHE_CLUSTER", value_name = "HOST:PORT")]
+        cluster: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

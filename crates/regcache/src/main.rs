@@ -4,6 +4,7 @@ mod cli;
 mod clients;
 mod cluster;
 mod config;
+mod gc;
 mod rebuild;
 mod serve;
 
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
         }
         Command::Config(ConfigCommand::Client(command)) => clients::run(&command),
         Command::Cluster(command) => cluster::run(&command),
+        Command::Gc(command) => gc::run(&command),
         Command::Index(IndexCommand::Rebuild(args)) => load(&args).and_then(|cfg| {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             println!("{}", runtime.block_on(rebuild::run(&cfg))?);

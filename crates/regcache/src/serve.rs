@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
-use cache::{Cache, CacheSettings, ObjectTier, Remote};
+use cache::{Cache, CacheSettings, Collector, ObjectTier, Remote};
 use meta::Meta;
 use metrics_exporter_prometheus::PrometheusHandle;
 use objstore::{FsStore, ObjectStore, S3Store};
@@ -34,7 +34,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     let objects = object_tier(&config.storage).await?;
     let cache = Arc::new(Cache::new(memory, disk, objects, Arc::clone(&meta), settings));
     cache.trim_disk().await;
-    let collector = cache.spawn_collector(config.gc);
+    let (collector, collecting) = Collector::spawn(&cache, config.gc);
 
     let mut sources = Vec::new();
     for entry in &config.upstreams {
@@ -52,7 +52,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the cluster port {addr}"))?;
-            Some(serve_peers(listener, &meta, peers_stopped)?)
+            Some(serve_peers(listener, &meta, collector, peers_stopped)?)
         }
         None => None,
     };
@@ -92,7 +92,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving http")?;
-    collector.abort();
+    collecting.abort();
     let left = cache.finish_downloads(SHUTDOWN_DOWNLOAD_WAIT).await;
     if left > 0 {
         tracing::warn!(
@@ -133,9 +133,10 @@ async fn start_meta(config: &Config) -> anyhow::Result<Meta> {
 fn serve_peers(
     listener: tokio::net::TcpListener,
     meta: &Meta,
+    collector: Arc<Collector>,
     stop: oneshot::Receiver<()>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let serving = meta.serve_cluster(listener, async {
+    let serving = meta.serve_cluster(listener, Some(collector), async {
         let _ = stop.await;
     })?;
     Ok(tokio::spawn(async move {

@@ -296,3 +296,74 @@ fn over_its_byte_budget_the_least_recently_pulled_goes_first() {
     );
     assert!(s.cache.process.logs().contains("over gc.bucket_bytes"));
 }
+
+/// `regcache gc ARGS…`'s output; fails the test if it failed.
+fn gc_cmd(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .arg("gc")
+        .args(args)
+        .output()
+        .expect("running regcache gc");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "regcache gc {args:?}: {text}");
+    text
+}
+
+#[test]
+fn regcache_gc_plans_runs_and_reports_a_pass_on_request() {
+    let port = testkit::stable_port();
+    // An interval that never comes within the test: only requests collect.
+    let s = start_with(
+        image_of(&[200_000, 3_000]),
+        &format!(
+            "ttl = \"1s\"\ninterval = \"1h\"\nsweep_delay = \"0s\"\n\
+             [cluster]\nlisten = \"127.0.0.1:{port}\"\n"
+        ),
+    );
+    let image = s.seeded.image.clone();
+    pull(&s.cache, &image);
+    let stored = (image.blob_digests().len() + 1) as f64;
+    wait_until("indexed the image", &s.cache, || {
+        index_entries(&s.cache) == stored
+    });
+    let bytes: u64 = image.manifest_bytes.len() as u64
+        + image.layer_digests.iter().map(|(_, n)| n).sum::<u64>()
+        + s.seeded
+            .layout
+            .blob_path(&image.config_digest)
+            .metadata()
+            .expect("config")
+            .len();
+    std::thread::sleep(Duration::from_secs(2));
+    let cluster = format!("127.0.0.1:{port}");
+
+    let plan = gc_cmd(&["run", "--dry-run", "--cluster", &cluster]);
+    assert!(
+        plan.contains(&format!("would condemn {stored} entries ({bytes} bytes)")),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("drop 0 tags"),
+        "the tag is younger than ttl + 5 s: {plan}"
+    );
+    assert_eq!(index_entries(&s.cache), stored, "a dry run changed the index");
+
+    let started = gc_cmd(&["run", "--cluster", &cluster]);
+    assert!(started.contains("gc round started"), "{started}");
+    wait_until("collected on request", &s.cache, || {
+        index_entries(&s.cache) == 0.0
+    });
+    let report: serde_json::Value =
+        serde_json::from_str(&gc_cmd(&["status", "--json", "--cluster", &cluster])).expect("json");
+    let round = &report["rounds"][0];
+    assert_eq!(round["outcome"], "committed", "{report:#}");
+    assert_eq!(round["removed"].as_f64(), Some(stored), "{report:#}");
+    assert_eq!(report["epoch"], 1, "{report:#}");
+    let table = gc_cmd(&["status", "--cluster", &cluster]);
+    assert!(table.contains("last pass 1, closed"), "{table}");
+    assert!(table.contains("committed"), "{table}");
+}

@@ -1,20 +1,25 @@
-//! The collector: on the leader, a garbage-collection pass every interval
-//! (mark, condemn, wait, commit) and the sweep of what earlier passes
-//! removed; on every replica, its disk tier's copies of removed content.
-//! docs/gc.md has the protocol; meta applies it.
+//! The collector: on the leader, a round every interval (or when
+//! `regcache gc run` asks): the sweep of what earlier passes removed, the
+//! orphan sweep, idle tags, and a pass (mark, condemn, wait, commit); on
+//! every replica, its disk tier's copies of removed content. docs/gc.md has
+//! the protocol; meta applies it.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use meta::{Command, MetaError};
-use oci::Digest;
+use meta::{GcControl, GcFuture, GcPlan, GcReport, GcRound, GcRunOutcome, MetaError};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::warn;
 
 use crate::{Cache, telemetry, unix_now};
 
 mod orphans;
+mod pass;
+
+/// Rounds `regcache gc status` shows.
+const ROUNDS_KEPT: usize = 20;
 
 /// Digests per condemn or commit entry, and object keys per delete: no
 /// Raft entry or request grows large.
@@ -54,179 +59,170 @@ enum GcError {
     Task(#[from] tokio::task::JoinError),
 }
 
-impl Cache {
+/// Runs the rounds and answers `regcache gc` (as [`GcControl`]).
+pub struct Collector {
+    cache: Arc<Cache>,
+    settings: GcSettings,
+    /// Held through a round: a second pass at once would abandon the first.
+    round: tokio::sync::Mutex<()>,
+    /// Starts a round before the interval is up.
+    wake: Notify,
+    /// The last rounds this member led, newest last.
+    rounds: Mutex<VecDeque<GcRound>>,
+}
+
+impl Collector {
     /// Runs the collector until the task is aborted.
-    pub fn spawn_collector(self: &Arc<Self>, settings: GcSettings) -> JoinHandle<()> {
+    pub fn spawn(cache: &Arc<Cache>, settings: GcSettings) -> (Arc<Collector>, JoinHandle<()>) {
         debug_assert!(!settings.interval.is_zero(), "the gc interval must be positive");
         if settings.orphan_grace < SAFE_ORPHAN_GRACE {
             warn!(orphan_grace = ?settings.orphan_grace,
                 "gc.orphan_grace is under an hour: an object whose indexing waits longer (no raft quorum for a while) is deleted as an orphan");
         }
-        let cache = Arc::clone(self);
-        tokio::spawn(async move {
+        let collector = Arc::new(Collector {
+            cache: Arc::clone(cache),
+            settings,
+            round: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            rounds: Mutex::new(VecDeque::new()),
+        });
+        let running = Arc::clone(&collector);
+        let task = tokio::spawn(async move {
             let mut unindexed = HashSet::new();
             loop {
-                tokio::time::sleep(settings.interval).await;
-                unindexed = cache.drop_unindexed_disk_copies(unindexed);
-                if cache.meta.leads() {
-                    cache.lead_round(&settings).await;
+                tokio::select! {
+                    () = tokio::time::sleep(running.settings.interval) => {}
+                    () = running.wake.notified() => {}
+                }
+                unindexed = running.cache.drop_unindexed_disk_copies(unindexed);
+                if running.cache.meta.leads() {
+                    let _round = running.round.lock().await;
+                    let round = running.lead_round().await;
+                    let mut rounds = running.rounds.lock().unwrap_or_else(PoisonError::into_inner);
+                    if rounds.len() == ROUNDS_KEPT {
+                        rounds.pop_front();
+                    }
+                    rounds.push_back(round);
                 }
             }
-        })
+        });
+        (collector, task)
     }
 
     /// The leader's work each interval. Keys an earlier pass removed go
     /// first: every live member applied that commit at least an interval
     /// ago. Orphans only once none of those is left, so none goes early.
-    async fn lead_round(&self, settings: &GcSettings) {
-        match self.sweep(settings.delete_rate).await {
-            Ok(()) => {
-                if let Err(e) = self
+    async fn lead_round(&self) -> GcRound {
+        let (cache, settings) = (&self.cache, &self.settings);
+        let started = Instant::now();
+        let mut round = GcRound {
+            started_at: unix_now().as_secs(),
+            ..GcRound::default()
+        };
+        let mut failed = |what: &str, e: GcError| {
+            warn!(error = %e, "gc {what} failed; retrying next interval");
+            round_errors(&mut round.errors, what, &e);
+        };
+        match cache.sweep(settings.delete_rate).await {
+            Ok(swept) => {
+                round.swept = swept;
+                match cache
                     .sweep_orphans(settings.orphan_grace, settings.delete_rate)
                     .await
                 {
-                    warn!(error = %e, "gc orphan sweep failed; retrying next interval");
+                    Ok(orphans) => round.orphans = orphans,
+                    Err(e) => failed("orphan sweep", e),
                 }
             }
-            Err(e) => warn!(error = %e, "gc sweep failed; retrying next interval"),
+            Err(e) => failed("sweep", e),
         }
-        if let Err(e) = self.drop_idle_tags(settings.ttl).await {
-            warn!(error = %e, "dropping idle tags failed; retrying next interval");
+        match cache.drop_idle_tags(settings.ttl).await {
+            Ok(dropped) => round.tags_dropped = dropped,
+            Err(e) => failed("tag expiry", e),
         }
-        let started = std::time::Instant::now();
-        match self.collect(settings).await {
-            Ok(outcome) => telemetry::gc_run(outcome),
+        let outcome = match cache.collect(settings, &mut round).await {
+            Ok(outcome) => outcome,
             Err(e) => {
-                telemetry::gc_run("failed");
                 warn!(error = %e, "gc pass failed; the next one starts over");
+                round_errors(&mut round.errors, "pass", &e);
+                "failed"
             }
-        }
+        };
+        telemetry::gc_run(outcome);
         telemetry::gc_phase("pass", started.elapsed());
+        round.outcome = outcome.to_owned();
+        round.seconds = started.elapsed().as_secs_f64();
+        round
     }
 
-    /// Drops the tags no replica served within `ttl` (none when it is
-    /// zero), give or take the batching of request times: a tag is kept
-    /// one flush interval longer, so one requested just now but not yet
-    /// flushed stays. (Content needs no such margin: a pass's rescue brings
-    /// its accesses in at once.)
-    async fn drop_idle_tags(&self, ttl: Duration) -> Result<(), GcError> {
-        if ttl.is_zero() {
-            return Ok(());
-        }
-        let cutoff = unix_now()
+    /// What a pass would take now, without proposing anything.
+    async fn plan(&self) -> Result<GcPlan, GcError> {
+        let meta = Arc::clone(&self.cache.meta);
+        let cutoff = self.cache.cutoff(&self.settings).await?;
+        let tag_cutoff = tag_cutoff(self.settings.ttl);
+        tokio::task::spawn_blocking(move || {
+            let mut plan = GcPlan {
+                cutoff,
+                ..GcPlan::default()
+            };
+            if let Some(cutoff) = cutoff {
+                for digest in meta.gc_mark(cutoff)? {
+                    plan.entries += 1;
+                    plan.bytes += meta.entry(&digest)?.map_or(0, |e| e.size);
+                }
+            }
+            if let Some(cutoff) = tag_cutoff {
+                plan.tags = meta.gc_idle_tags(cutoff)? as u64;
+            }
+            Ok(plan)
+        })
+        .await?
+    }
+}
+
+fn round_errors(errors: &mut Vec<String>, what: &str, e: &GcError) {
+    errors.push(format!("{what}: {e}"));
+}
+
+impl GcControl for Collector {
+    fn run(&self, dry_run: bool) -> GcFuture<'_, GcRunOutcome> {
+        Box::pin(async move {
+            if dry_run {
+                return self
+                    .plan()
+                    .await
+                    .map(GcRunOutcome::Planned)
+                    .map_err(|e| e.to_string());
+            }
+            if self.round.try_lock().is_err() {
+                return Ok(GcRunOutcome::Busy);
+            }
+            self.wake.notify_one();
+            Ok(GcRunOutcome::Started)
+        })
+    }
+
+    fn report(&self) -> Result<GcReport, String> {
+        let state = self.cache.meta.gc_state().map_err(|e| e.to_string())?;
+        let rounds = self.rounds.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(GcReport {
+            epoch: state.epoch,
+            open_cutoff: state.cutoff,
+            condemned: state.condemned,
+            to_sweep: state.to_sweep,
+            rounds: rounds.iter().cloned().collect(),
+        })
+    }
+}
+
+/// The cutoff below which a tag goes: `ttl` plus one flush of batched
+/// request times; `None` when `ttl` is zero (no expiry).
+fn tag_cutoff(ttl: Duration) -> Option<u64> {
+    (!ttl.is_zero()).then(|| {
+        unix_now()
             .saturating_sub(ttl + meta::ACCESS_FLUSH_INTERVAL)
-            .as_secs();
-        let meta = Arc::clone(&self.meta);
-        let idle = tokio::task::spawn_blocking(move || meta.gc_idle_tags(cutoff)).await??;
-        if idle > 0 {
-            self.meta.propose(Command::DropIdleTags { cutoff }).await?;
-            telemetry::gc_tags_dropped(idle);
-            info!(tags = idle, "gc dropped tags not requested within the ttl");
-        }
-        Ok(())
-    }
-
-    /// One pass: marks idle content (and, over the byte budget, the least
-    /// recently used), condemns it, waits for rescues, and commits what is
-    /// still condemned. Answers `idle` when nothing was.
-    async fn collect(&self, settings: &GcSettings) -> Result<&'static str, GcError> {
-        let started = std::time::Instant::now();
-        let Some(cutoff) = self.cutoff(settings).await? else {
-            return Ok("idle");
-        };
-        let meta = Arc::clone(&self.meta);
-        let marked = tokio::task::spawn_blocking(move || meta.gc_mark(cutoff)).await??;
-        telemetry::gc_phase("mark", started.elapsed());
-        if marked.is_empty() {
-            return Ok("idle");
-        }
-        let epoch = self.meta.gc_state()?.epoch + 1;
-        self.meta.propose(Command::GcStart { epoch, cutoff }).await?;
-        for chunk in marked.chunks(CHUNK) {
-            let digests = chunk.to_vec();
-            self.meta.propose(Command::GcCondemn { epoch, digests }).await?;
-        }
-        let condemned = self.meta.gc_state()?.condemned;
-        tokio::time::sleep(settings.sweep_delay).await;
-        let kept = self.meta.gc_state()?.condemned;
-        loop {
-            let state = self.meta.gc_state()?;
-            if state.epoch != epoch || state.cutoff.is_none() {
-                break;
-            }
-            let max = CHUNK as u32;
-            self.meta.propose(Command::GcCommit { epoch, max }).await?;
-        }
-        telemetry::gc_committed(condemned, kept);
-        info!(
-            epoch,
-            marked = marked.len(),
-            condemned,
-            removed = kept,
-            "gc pass committed"
-        );
-        Ok("committed")
-    }
-
-    /// The cutoff of a pass now: idle for longer than `ttl`, raised as far
-    /// as the byte budget needs; `None` when neither applies.
-    async fn cutoff(&self, settings: &GcSettings) -> Result<Option<u64>, GcError> {
-        let idle = (!settings.ttl.is_zero()).then(|| unix_now().saturating_sub(settings.ttl).as_secs());
-        let Some(budget) = settings.bucket_bytes else {
-            return Ok(idle);
-        };
-        let meta = Arc::clone(&self.meta);
-        let over_budget = tokio::task::spawn_blocking(move || meta.gc_budget_cutoff(budget)).await??;
-        if let Some(cutoff) = over_budget {
-            info!(
-                budget,
-                cutoff, "the index is over gc.bucket_bytes; collecting the least recently used"
-            );
-        }
-        Ok(idle.max(over_budget))
-    }
-
-    /// Deletes the object keys removed from the index, at most
-    /// `delete_rate` a second, then forgets them.
-    async fn sweep(&self, delete_rate: u32) -> Result<(), GcError> {
-        let batch = CHUNK.min(delete_rate.max(1) as usize);
-        loop {
-            let keys = self.meta.gc_sweep_keys(batch)?;
-            if keys.is_empty() {
-                return Ok(());
-            }
-            let started = tokio::time::Instant::now();
-            if let Some(objects) = &self.objects {
-                objects.delete(&keys).await?;
-                telemetry::gc_deleted_objects(keys.len());
-            }
-            debug!(objects = keys.len(), "gc swept objects");
-            let pace = pause_for(keys.len(), delete_rate);
-            self.meta.propose(Command::Swept { keys }).await?;
-            tokio::time::sleep_until(started + pace).await;
-        }
-    }
-
-    /// Deletes disk copies of digests the index no longer names, once seen
-    /// so on two rounds in a row (a blob just stored is indexed within a
-    /// round); returns this round's unindexed digests.
-    fn drop_unindexed_disk_copies(&self, seen_before: HashSet<Digest>) -> HashSet<Digest> {
-        let mut unindexed = HashSet::new();
-        for digest in self.disk.digests() {
-            if self.inflight.is_running(&digest) || !matches!(self.meta.entry(&digest), Ok(None)) {
-                continue;
-            }
-            if !seen_before.contains(&digest) {
-                unindexed.insert(digest);
-                continue;
-            }
-            match self.disk.remove(&digest) {
-                Ok(()) => telemetry::gc_disk_removed(),
-                Err(e) => warn!(%digest, error = %e, "removing a collected blob from disk failed"),
-            }
-        }
-        unindexed
-    }
+            .as_secs()
+    })
 }
 
 /// How long deleting `count` objects takes at `rate` a second.

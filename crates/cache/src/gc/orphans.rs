@@ -15,12 +15,13 @@ use crate::{Cache, telemetry};
 impl Cache {
     /// Lists the object tier shard by shard (a bounded share of the
     /// listing in memory at once) and deletes the orphans older than
-    /// `grace`, at most `delete_rate` a second. Runs on the leader only
+    /// `grace`, at most `delete_rate` a second; returns how many. Runs on
+    /// the leader only
     /// while no committed key waits for the sweep, so it never deletes one
     /// before every member applied its commit.
-    pub(super) async fn sweep_orphans(&self, grace: Duration, delete_rate: u32) -> Result<(), GcError> {
+    pub(super) async fn sweep_orphans(&self, grace: Duration, delete_rate: u32) -> Result<u64, GcError> {
         let Some(objects) = &self.objects else {
-            return Ok(());
+            return Ok(0);
         };
         let horizon = SystemTime::now()
             .checked_sub(grace)
@@ -42,7 +43,7 @@ impl Cache {
                 let started = tokio::time::Instant::now();
                 objects.delete(batch).await?;
                 telemetry::gc_orphans_deleted(batch.len());
-                deleted += batch.len();
+                deleted += batch.len() as u64;
                 debug!(shard, objects = batch.len(), "gc deleted orphan objects");
                 tokio::time::sleep_until(started + pause_for(batch.len(), delete_rate)).await;
             }
@@ -50,7 +51,7 @@ impl Cache {
         if deleted > 0 {
             info!(deleted, grace = ?grace, "gc deleted orphan objects");
         }
-        Ok(())
+        Ok(deleted)
     }
 
     /// Whether no index entry names `object`. Keys this cache did not make

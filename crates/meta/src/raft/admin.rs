@@ -5,6 +5,7 @@
 //! leader is and the client asks it there, so any member's address works.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
@@ -21,6 +22,7 @@ use super::pb::{RaftReply, RaftRequest};
 use super::service::{decode, reply};
 use super::{Node, Raft, TypeConfig};
 use crate::GroupStatus;
+use crate::gc_control::{GcControl, GcReport, GcRunOutcome, GcRunRequest};
 
 /// How long `regcache cluster` waits to connect: a person is waiting, but
 /// a slow network deserves more than the peers' second.
@@ -38,11 +40,11 @@ pub struct RemoveNode {
     pub id: u64,
 }
 
-/// What a membership change answered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AdminAnswer {
-    /// Done; the leader's view afterwards.
-    Done(GroupStatus),
+/// What a request for the leader answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AdminAnswer<T = GroupStatus> {
+    /// Done: for a membership change, the leader's view afterwards.
+    Done(T),
     /// Ask the leader at this address (`None`: no leader right now).
     NotLeader { leader: Option<String> },
 }
@@ -51,11 +53,19 @@ pub enum AdminAnswer {
 #[derive(Clone)]
 pub struct AdminService {
     raft: Raft,
+    gc: Option<Arc<dyn GcControl>>,
 }
 
 impl AdminService {
-    pub fn new(raft: Raft) -> AdminService {
-        AdminService { raft }
+    /// `gc` answers `regcache gc`; without it those requests are refused.
+    pub fn new(raft: Raft, gc: Option<Arc<dyn GcControl>>) -> AdminService {
+        AdminService { raft, gc }
+    }
+
+    fn gc(&self) -> Result<&dyn GcControl, Status> {
+        self.gc
+            .as_deref()
+            .ok_or_else(|| Status::unimplemented("garbage collection is not served here"))
     }
 
     pub fn into_server(self) -> AdminServer<AdminService> {
@@ -69,6 +79,12 @@ impl AdminService {
     /// Where the leader is, when this member is not it: asked to change the
     /// membership, openraft would refuse the same way but log an error.
     fn not_leader(&self) -> Option<Result<Response<RaftReply>, Status>> {
+        let leader = self.leader_elsewhere()?;
+        Some(reply(&AdminAnswer::<GroupStatus>::NotLeader { leader }))
+    }
+
+    /// `None` on the leader; else the leader's address, if there is one.
+    fn leader_elsewhere(&self) -> Option<Option<String>> {
         let metrics = self.raft.metrics().borrow_watched().clone();
         if metrics.state == ServerState::Leader {
             return None;
@@ -78,7 +94,7 @@ impl AdminService {
             .current_leader
             .and_then(|id| membership.get_node(&id))
             .map(|node| node.addr.clone());
-        Some(reply(&AdminAnswer::NotLeader { leader }))
+        Some(leader)
     }
 
     /// Maps a refused membership change: not the leader → where it is.
@@ -87,9 +103,9 @@ impl AdminService {
         result: Result<(), RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
     ) -> Result<Response<RaftReply>, Status> {
         match result {
-            Ok(()) => reply(&AdminAnswer::Done(self.status())),
+            Ok(()) => reply(&AdminAnswer::<GroupStatus>::Done(self.status())),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                reply(&AdminAnswer::NotLeader {
+                reply(&AdminAnswer::<GroupStatus>::NotLeader {
                     leader: forward.leader_node.map(|n| n.addr),
                 })
             }
@@ -147,6 +163,24 @@ impl Admin for AdminService {
         info!(id = remove.id, "removing a member");
         let result = self.raft.change_membership(change, false).await.map(|_| ());
         self.answer(result)
+    }
+
+    async fn gc_run(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let run: GcRunRequest = decode(&request.into_inner().json, "gc run request")?;
+        let gc = self.gc()?;
+        if let Some(leader) = self.leader_elsewhere() {
+            return reply(&AdminAnswer::<GcRunOutcome>::NotLeader { leader });
+        }
+        let outcome = gc.run(run.dry_run).await.map_err(Status::unavailable)?;
+        reply(&AdminAnswer::Done(outcome))
+    }
+
+    async fn gc_status(&self, _request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let gc = self.gc()?;
+        if let Some(leader) = self.leader_elsewhere() {
+            return reply(&AdminAnswer::<GcReport>::NotLeader { leader });
+        }
+        reply(&AdminAnswer::Done(gc.report().map_err(Status::unavailable)?))
     }
 }
 
@@ -209,9 +243,29 @@ pub async fn remove_node(addr: &str, remove: RemoveNode) -> Result<GroupStatus, 
     .await
 }
 
-/// Sends a membership change, following the leader's address at most twice.
-async fn change<F, Fut>(addr: &str, json: Vec<u8>, call: F) -> Result<GroupStatus, AdminError>
+/// `regcache gc run`: on the leader, plans a pass (`dry_run`) or starts one.
+pub async fn gc_run(addr: &str, dry_run: bool) -> Result<GcRunOutcome, AdminError> {
+    let json = serde_json::to_vec(&GcRunRequest { dry_run }).map_err(AdminError::Encode)?;
+    change(
+        addr,
+        json,
+        |mut client, req| async move { client.gc_run(req).await },
+    )
+    .await
+}
+
+/// `regcache gc status`: the leader's report.
+pub async fn gc_status(addr: &str) -> Result<GcReport, AdminError> {
+    change(addr, b"{}".to_vec(), |mut client, req| async move {
+        client.gc_status(req).await
+    })
+    .await
+}
+
+/// Sends a request for the leader, following its address at most twice.
+async fn change<T, F, Fut>(addr: &str, json: Vec<u8>, call: F) -> Result<T, AdminError>
 where
+    T: serde::de::DeserializeOwned,
     F: Fn(AdminClient<tonic::transport::Channel>, RaftRequest) -> Fut,
     Fut: Future<Output = Result<Response<RaftReply>, Status>>,
 {
