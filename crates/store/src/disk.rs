@@ -1,4 +1,5 @@
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -24,6 +25,12 @@ struct Inner {
     tmp: PathBuf,
     capacity: u64,
     lru: Mutex<Lru>,
+    /// Bytes in the temp files of downloads under way: they take disk
+    /// space too, so committed blobs make room for them.
+    writing: AtomicU64,
+    /// Blobs evicted while a temp file grew, reported with the next commit
+    /// or trim (whoever keeps the index needs to hear of them).
+    unreported: Mutex<Vec<Digest>>,
 }
 
 impl DiskStore {
@@ -53,6 +60,8 @@ impl DiskStore {
                 tmp,
                 capacity,
                 lru: Mutex::new(lru),
+                writing: AtomicU64::new(0),
+                unreported: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -105,11 +114,37 @@ impl DiskStore {
         self.lru().digests()
     }
 
+    /// Bytes on disk: committed blobs and the temp files being written.
     pub fn used_bytes(&self) -> u64 {
-        self.lru().total_bytes()
+        self.lru().total_bytes() + self.writing()
     }
 
-    /// Moves a verified temp file into place and evicts what no longer fits.
+    fn writing(&self) -> u64 {
+        self.inner.writing.load(Ordering::Relaxed)
+    }
+
+    /// A download wrote `len` more bytes to its temp file; committed blobs
+    /// are evicted when both no longer fit.
+    pub(crate) fn temp_grew(&self, len: u64) {
+        let writing = self.inner.writing.fetch_add(len, Ordering::Relaxed) + len;
+        if self.lru().total_bytes() + writing > self.inner.capacity {
+            let evicted = self.evict(None);
+            self.unreported().extend(evicted);
+        } else {
+            telemetry::disk_bytes(self.used_bytes());
+        }
+    }
+
+    /// A temp file of `len` bytes was removed or moved into place.
+    pub(crate) fn temp_gone(&self, len: u64) {
+        let before = self.inner.writing.fetch_sub(len, Ordering::Relaxed);
+        debug_assert!(before >= len, "temp bytes went below zero");
+        telemetry::disk_bytes(self.used_bytes());
+    }
+
+    /// Moves a verified temp file into place and evicts what no longer
+    /// fits; returns what it evicted, and what growing downloads evicted
+    /// since the last report.
     pub(crate) fn install(&self, digest: &Digest, tmp: &Path, size: u64) -> Result<Vec<Digest>, StoreError> {
         let path = self.path_of(digest);
         if let Some(parent) = path.parent() {
@@ -117,13 +152,19 @@ impl DiskStore {
         }
         std::fs::rename(tmp, &path).map_err(|e| StoreError::io(&path, e))?;
         self.lru().insert(digest.clone(), size);
-        Ok(self.evict(Some(digest)))
+        self.temp_gone(size);
+        let mut evicted = std::mem::take(&mut *self.unreported());
+        evicted.extend(self.evict(Some(digest)));
+        Ok(evicted)
     }
 
     /// Evicts what no longer fits the capacity, e.g. blobs a larger
-    /// `disk_bytes` kept before a restart; returns what it evicted.
+    /// `disk_bytes` kept before a restart; returns what it evicted, and
+    /// what growing downloads evicted since the last report.
     pub fn trim(&self) -> Vec<Digest> {
-        self.evict(None)
+        let mut evicted = std::mem::take(&mut *self.unreported());
+        evicted.extend(self.evict(None));
+        evicted
     }
 
     /// Counts a use of a stored blob served from elsewhere (the memory
@@ -132,9 +173,11 @@ impl DiskStore {
         self.lru().touch(digest);
     }
 
-    /// Evicts least recently used blobs, never `keep`, until the rest fits.
+    /// Evicts least recently used blobs, never `keep`, until the rest fits
+    /// next to the temp files being written.
     fn evict(&self, keep: Option<&Digest>) -> Vec<Digest> {
-        let evicted = self.lru().evict_to(self.inner.capacity, keep);
+        let room = self.inner.capacity.saturating_sub(self.writing());
+        let evicted = self.lru().evict_to(room, keep);
         for victim in &evicted {
             let victim_path = self.path_of(victim);
             if let Err(e) = std::fs::remove_file(&victim_path) {
@@ -154,6 +197,10 @@ impl DiskStore {
             .join(digest.algorithm().as_str())
             .join(&hex[..2])
             .join(hex)
+    }
+
+    fn unreported(&self) -> MutexGuard<'_, Vec<Digest>> {
+        self.inner.unreported.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lru(&self) -> MutexGuard<'_, Lru> {

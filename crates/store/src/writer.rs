@@ -145,6 +145,7 @@ impl BlobWriter {
         let (hashers, len) = pending.await.map_err(|e| StoreError::Task(e.to_string()))??;
         self.hashers = Some(hashers);
         self.written += len;
+        self.store.temp_grew(len);
         debug_assert!(self.written <= self.accepted);
         Ok(())
     }
@@ -210,6 +211,7 @@ impl Drop for BlobWriter {
     fn drop(&mut self) {
         if !self.finished {
             let _ = std::fs::remove_file(&self.tmp);
+            self.store.temp_gone(self.written);
         }
     }
 }
@@ -324,6 +326,25 @@ mod tests {
         assert_eq!(store.size_of(&digests[0]), Some(10));
         assert_eq!(store.size_of(&digests[1]), None);
         assert_eq!(store.size_of(&newest), Some(10));
+    }
+
+    #[tokio::test]
+    async fn downloads_under_way_count_against_the_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 40).unwrap();
+        let digests = ten_byte_blobs(&store, 0..4).await;
+        let body = vec![9u8; 25];
+        let mut running = store.writer(&Digest::sha256_of(&body)).unwrap();
+        running.append(Bytes::from(body)).await.unwrap();
+        running.flush().await.unwrap();
+        // 25 bytes being written leave room for one committed blob: the
+        // others made room as it was written, and are reported.
+        assert_eq!(store.used_bytes(), 35, "the temp file counts");
+        assert_eq!(store.size_of(&digests[3]), Some(10));
+        assert_eq!(store.trim(), digests[..3].to_vec());
+        assert!(store.trim().is_empty(), "reported once");
+        drop(running);
+        assert_eq!(store.used_bytes(), 10, "an abandoned download frees its bytes");
     }
 
     #[tokio::test]
