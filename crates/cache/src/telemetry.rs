@@ -15,6 +15,7 @@ const GC_RUNS: &str = "regcache_gc_runs_total";
 const GC_DURATION: &str = "regcache_gc_duration_seconds";
 const GC_CONDEMNED: &str = "regcache_gc_condemned_total";
 const GC_REMOVED: &str = "regcache_gc_removed_entries_total";
+const GC_RESCUED: &str = "regcache_gc_rescued_total";
 const GC_DELETED_OBJECTS: &str = "regcache_gc_deleted_objects_total";
 const GC_DISK_REMOVED: &str = "regcache_gc_disk_removed_total";
 const GC_TAGS_DROPPED: &str = "regcache_gc_tags_dropped_total";
@@ -69,6 +70,7 @@ pub(crate) fn gc_phase(phase: &'static str, elapsed: std::time::Duration) {
 pub(crate) fn gc_committed(condemned: u64, removed: u64) {
     metrics::counter!(GC_CONDEMNED).increment(condemned);
     metrics::counter!(GC_REMOVED).increment(removed);
+    metrics::counter!(GC_RESCUED).increment(condemned.saturating_sub(removed));
 }
 
 /// Objects the sweep deleted from the object tier.

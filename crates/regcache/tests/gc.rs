@@ -122,6 +122,8 @@ fn idle_content_leaves_every_tier_and_the_next_pull_fetches_it_again() {
     assert_eq!(metric(&m, "regcache_gc_removed_entries_total", ""), stored, "{m}");
     assert_eq!(metric(&m, "regcache_gc_deleted_objects_total", ""), stored, "{m}");
     assert_eq!(metric(&m, "regcache_gc_tags_dropped_total", ""), 1.0, "{m}");
+    assert_eq!(metric(&m, "regcache_gc_to_sweep", ""), 0.0, "{m}");
+    assert_eq!(metric(&m, "regcache_gc_condemned", ""), 0.0, "{m}");
     let (_, body) = raw_request(&s.cache.host(), "GET", "/status.json");
     let status: serde_json::Value = serde_json::from_slice(&body).expect("status json");
     assert!(status["gc"]["epoch"].as_u64() >= Some(1), "{status:#}");
@@ -163,6 +165,10 @@ fn content_pulled_all_along_is_never_collected() {
         0,
         "a blob was collected while pulled: {:?}",
         s.seeded.registry.requests()
+    );
+    assert!(
+        metric(&m, "regcache_gc_rescued_total", "") > 0.0,
+        "passes condemned what was pulled (ttl 2 s, accesses batched for 5 s) and pulls rescued it: {m}"
     );
     let failed = metric(
         &metrics(&s.cache),

@@ -49,6 +49,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         Ok(stats) => telemetry::index(&stats),
         Err(e) => tracing::warn!(error = %e, "reading index stats failed"),
     }
+    match state.meta.gc_state() {
+        Ok(gc) => telemetry::gc(&gc),
+        Err(e) => tracing::warn!(error = %e, "reading the gc state failed"),
+    }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

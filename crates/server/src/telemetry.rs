@@ -3,13 +3,15 @@
 
 use std::time::Duration;
 
-use meta::MetaStats;
+use meta::{GcState, MetaStats};
 
 const REQUESTS: &str = "regcache_http_requests_total";
 const REQUEST_DURATION: &str = "regcache_http_request_duration_seconds";
 const INDEX_ENTRIES: &str = "regcache_index_entries";
 const INDEX_BYTES: &str = "regcache_index_bytes";
 const INDEX_TAGS: &str = "regcache_index_tags";
+const GC_CONDEMNED: &str = "regcache_gc_condemned";
+const GC_TO_SWEEP: &str = "regcache_gc_to_sweep";
 
 /// One answered request, by route, method and status.
 pub(crate) fn request(route: &'static str, method: &http::Method, status: u16, elapsed: Duration) {
@@ -25,4 +27,11 @@ pub(crate) fn index(stats: &MetaStats) {
     metrics::gauge!(INDEX_BYTES, "kind" => "blob").set(stats.blob_bytes as f64);
     metrics::gauge!(INDEX_BYTES, "kind" => "manifest").set(stats.manifest_bytes as f64);
     metrics::gauge!(INDEX_TAGS).set(stats.tags as f64);
+}
+
+/// The open pass's condemned entries and the object keys waiting for the
+/// sweep, as this member applied them; read when scraped.
+pub(crate) fn gc(state: &GcState) {
+    metrics::gauge!(GC_CONDEMNED).set(state.condemned as f64);
+    metrics::gauge!(GC_TO_SWEEP).set(state.to_sweep as f64);
 }
