@@ -101,15 +101,34 @@ pub(crate) fn corrupt(table: &'static str, key: &str, reason: &str) -> MetaError
     }
 }
 
+/// Reads and decodes one record of `table` (named `what` in errors).
+fn get_record<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    what: &'static str,
+    key: &str,
+) -> Result<Option<T>, MetaError> {
+    match table.get(key)? {
+        Some(guard) => decode(what, key, guard.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn put_record<T: Serialize>(
+    table: &mut Table<&'static str, &'static [u8]>,
+    what: &'static str,
+    key: &str,
+    record: &T,
+) -> Result<(), MetaError> {
+    table.insert(key, encode(what, record)?.as_slice())?;
+    Ok(())
+}
+
 /// Reads and decodes one entry; `key` is the digest string.
 pub(crate) fn get_entry(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,
 ) -> Result<Option<Entry>, MetaError> {
-    match table.get(key)? {
-        Some(guard) => decode("entries", key, guard.value()).map(Some),
-        None => Ok(None),
-    }
+    get_record(table, "entries", key)
 }
 
 pub(crate) fn put_entry(
@@ -117,18 +136,15 @@ pub(crate) fn put_entry(
     key: &str,
     entry: &Entry,
 ) -> Result<(), MetaError> {
-    table.insert(key, encode("entry", entry)?.as_slice())?;
-    Ok(())
+    put_record(table, "entry", key, entry)
 }
 
+/// Reads and decodes one tag record; `key` is the stored tag key.
 pub(crate) fn get_tag(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,
 ) -> Result<Option<TagRecord>, MetaError> {
-    match table.get(key)? {
-        Some(guard) => decode("tags", key, guard.value()).map(Some),
-        None => Ok(None),
-    }
+    get_record(table, "tags", key)
 }
 
 pub(crate) fn put_tag(
@@ -136,8 +152,7 @@ pub(crate) fn put_tag(
     key: &str,
     record: &TagRecord,
 ) -> Result<(), MetaError> {
-    table.insert(key, encode("tag record", record)?.as_slice())?;
-    Ok(())
+    put_record(table, "tag record", key, record)
 }
 
 pub(crate) fn last_applied(meta: &impl ReadableTable<&'static str, u64>) -> Result<Option<u64>, MetaError> {

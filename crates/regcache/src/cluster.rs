@@ -8,15 +8,7 @@ use meta::admin::{self, AddNode, RemoveNode};
 
 use crate::cli::ClusterCommand;
 
-pub fn run(command: &ClusterCommand) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    print!("{}", runtime.block_on(execute(command))?);
-    Ok(())
-}
-
-async fn execute(command: &ClusterCommand) -> anyhow::Result<String> {
+pub async fn execute(command: &ClusterCommand) -> anyhow::Result<String> {
     let (status, json) = match command {
         ClusterCommand::Status { cluster, json } => (admin::status(cluster).await?, *json),
         ClusterCommand::AddNode { cluster, id, addr } => {

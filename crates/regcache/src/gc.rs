@@ -8,15 +8,7 @@ use meta::{GcPlan, GcReport, GcRunOutcome};
 
 use crate::cli::GcCommand;
 
-pub fn run(command: &GcCommand) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    print!("{}", runtime.block_on(execute(command))?);
-    Ok(())
-}
-
-async fn execute(command: &GcCommand) -> anyhow::Result<String> {
+pub async fn execute(command: &GcCommand) -> anyhow::Result<String> {
     match command {
         GcCommand::Run {
             cluster,

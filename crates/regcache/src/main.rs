@@ -23,8 +23,8 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }
         Command::Config(ConfigCommand::Client(command)) => clients::run(&command),
-        Command::Cluster(command) => cluster::run(&command),
-        Command::Gc(command) => gc::run(&command),
+        Command::Cluster(command) => print_answer(cluster::execute(&command)),
+        Command::Gc(command) => print_answer(gc::execute(&command)),
         Command::Index(IndexCommand::Rebuild(args)) => load(&args).and_then(|cfg| {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             println!("{}", runtime.block_on(rebuild::run(&cfg))?);
@@ -70,6 +70,16 @@ fn run_serve(cfg: config::Config) -> anyhow::Result<()> {
         .install_recorder()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve::run(cfg, metrics))
+}
+
+/// Runs a client command (`cluster`, `gc`) to completion and prints its
+/// answer.
+fn print_answer(answer: impl std::future::Future<Output = anyhow::Result<String>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    print!("{}", runtime.block_on(answer)?);
+    Ok(())
 }
 
 /// The log filter when `RUST_LOG` is unset: openraft logs its internal

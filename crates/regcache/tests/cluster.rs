@@ -249,18 +249,7 @@ fn purged_past(cluster: &Cluster, leader: u64, index: u64) {
 }
 
 fn cluster_cmd(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
-        .arg("cluster")
-        .args(args)
-        .output()
-        .expect("running regcache cluster");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "regcache cluster {args:?}: {text}");
-    text
+    common::regcache_cli("cluster", args)
 }
 
 /// A member added after the leader purged its log can only be brought up

@@ -303,20 +303,8 @@ fn over_its_byte_budget_the_least_recently_pulled_goes_first() {
     assert!(s.cache.process.logs().contains("over gc.bucket_bytes"));
 }
 
-/// `regcache gc ARGS…`'s output; fails the test if it failed.
 fn gc_cmd(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
-        .arg("gc")
-        .args(args)
-        .output()
-        .expect("running regcache gc");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "regcache gc {args:?}: {text}");
-    text
+    common::regcache_cli("gc", args)
 }
 
 #[test]

@@ -163,7 +163,8 @@ impl PeerClient {
         }
     }
 
-    /// One unary RPC, with the peer's reachability noted.
+    /// One unary RPC: encode, send within `option.hard_ttl()`, decode;
+    /// the peer's reachability is noted either way.
     async fn unary<Req, Resp, F, Fut>(
         &self,
         action: RPCTypes,
@@ -177,40 +178,25 @@ impl PeerClient {
         F: FnOnce(RaftClient<Channel>, RaftRequest) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
     {
-        let result = self.send(action, req, option, call).await;
-        match &result {
+        let ttl = option.hard_ttl();
+        let sent = async {
+            let client = self.client()?;
+            let json = serde_json::to_vec(req).map_err(|e| network(TransportError::Encode(e)))?;
+            match tokio::time::timeout(ttl, call(client, RaftRequest { json })).await {
+                Err(_elapsed) => Err(RPCError::Timeout(self.timeout(action, ttl))),
+                Ok(Err(status)) => Err(from_status(status)),
+                Ok(Ok(reply)) => Ok(reply.into_inner()),
+            }
+        }
+        .await;
+        match &sent {
             Ok(_) => self.reachability.reached(self.target),
             Err(e @ (RPCError::Unreachable(_) | RPCError::Timeout(_))) => {
                 self.reachability.missed(self.target, &self.addr, e);
             }
             Err(_) => {}
         }
-        result
-    }
-
-    /// Encodes, sends within `option.hard_ttl()`, decodes.
-    async fn send<Req, Resp, F, Fut>(
-        &self,
-        action: RPCTypes,
-        req: &Req,
-        option: &RPCOption,
-        call: F,
-    ) -> Result<Resp, RPCError<TypeConfig>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        F: FnOnce(RaftClient<Channel>, RaftRequest) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
-    {
-        let client = self.client()?;
-        let json = serde_json::to_vec(req).map_err(|e| network(TransportError::Encode(e)))?;
-        let ttl = option.hard_ttl();
-        let reply = match tokio::time::timeout(ttl, call(client, RaftRequest { json })).await {
-            Err(_elapsed) => return Err(RPCError::Timeout(self.timeout(action, ttl))),
-            Ok(Err(status)) => return Err(from_status(status)),
-            Ok(Ok(reply)) => reply.into_inner(),
-        };
-        serde_json::from_slice(&reply.json).map_err(|e| RPCError::Network(network(TransportError::Decode(e))))
+        serde_json::from_slice(&sent?.json).map_err(|e| RPCError::Network(network(TransportError::Decode(e))))
     }
 
     /// Streams `snapshot` to the peer: a header chunk, then the file in

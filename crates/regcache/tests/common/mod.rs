@@ -140,6 +140,23 @@ pub fn skopeo_pull(cache: &Regcache, image: &str, dest: &Path) -> PathBuf {
     dest.to_owned()
 }
 
+/// `regcache COMMAND ARGS…`'s output (stdout, then stderr); fails the test
+/// if it failed.
+pub fn regcache_cli(command: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .arg(command)
+        .args(args)
+        .output()
+        .expect("running regcache");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "regcache {command} {args:?}: {text}");
+    text
+}
+
 /// Every blob file skopeo wrote into a `dir:` layout must hash to its name.
 pub fn assert_dir_blobs_verified(dir: &Path, expected_digests: &[String]) {
     for digest in expected_digests {
