@@ -16,6 +16,7 @@ const GC_DURATION: &str = "regcache_gc_duration_seconds";
 const GC_CONDEMNED: &str = "regcache_gc_condemned_total";
 const GC_REMOVED: &str = "regcache_gc_removed_entries_total";
 const GC_RESCUED: &str = "regcache_gc_rescued_total";
+const GC_REMOVED_BYTES: &str = "regcache_gc_removed_bytes_total";
 const GC_DELETED_OBJECTS: &str = "regcache_gc_deleted_objects_total";
 const GC_DISK_REMOVED: &str = "regcache_gc_disk_removed_total";
 const GC_TAGS_DROPPED: &str = "regcache_gc_tags_dropped_total";
@@ -66,10 +67,11 @@ pub(crate) fn gc_phase(phase: &'static str, elapsed: std::time::Duration) {
 }
 
 /// Entries a pass condemned, and those still condemned when it committed
-/// (the rest were rescued).
-pub(crate) fn gc_committed(condemned: u64, removed: u64) {
+/// (the rest were rescued) with the bytes they described.
+pub(crate) fn gc_committed(condemned: u64, removed: u64, removed_bytes: u64) {
     metrics::counter!(GC_CONDEMNED).increment(condemned);
     metrics::counter!(GC_REMOVED).increment(removed);
+    metrics::counter!(GC_REMOVED_BYTES).increment(removed_bytes);
     metrics::counter!(GC_RESCUED).increment(condemned.saturating_sub(removed));
 }
 

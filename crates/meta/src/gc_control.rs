@@ -49,6 +49,8 @@ pub struct GcRound {
     pub epoch: Option<u64>,
     pub condemned: u64,
     pub removed: u64,
+    /// The bytes the removed entries described.
+    pub removed_bytes: u64,
     /// Objects deleted: keys earlier passes removed, and orphans.
     pub swept: u64,
     pub orphans: u64,

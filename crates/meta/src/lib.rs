@@ -212,6 +212,11 @@ impl Meta {
         self.state.gc_mark(cutoff)
     }
 
+    /// The bytes the open pass's condemned entries describe.
+    pub fn gc_condemned_bytes(&self) -> Result<u64, MetaError> {
+        self.state.gc_condemned_bytes()
+    }
+
     /// How many tags no replica served since `cutoff` (unix seconds).
     pub fn gc_idle_tags(&self, cutoff: u64) -> Result<usize, MetaError> {
         self.state.gc_idle_tags(cutoff)

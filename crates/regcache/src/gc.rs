@@ -69,20 +69,21 @@ fn render_report(report: &GcReport) -> String {
     }
     let _ = writeln!(
         out,
-        "{:>11}  {:>8}  {:<9}  {:>5}  {:>9}  {:>7}  {:>6}  {:>7}  {:>4}  errors",
-        "started", "seconds", "outcome", "epoch", "condemned", "removed", "swept", "orphans", "tags"
+        "{:>11}  {:>8}  {:<9}  {:>5}  {:>9}  {:>7}  {:>12}  {:>6}  {:>7}  {:>4}  errors",
+        "started", "seconds", "outcome", "epoch", "condemned", "removed", "bytes", "swept", "orphans", "tags"
     );
     for round in &report.rounds {
         let epoch = round.epoch.map_or_else(|| "-".to_owned(), |e| e.to_string());
         let _ = writeln!(
             out,
-            "{:>11}  {:>8.1}  {:<9}  {:>5}  {:>9}  {:>7}  {:>6}  {:>7}  {:>4}  {}",
+            "{:>11}  {:>8.1}  {:<9}  {:>5}  {:>9}  {:>7}  {:>12}  {:>6}  {:>7}  {:>4}  {}",
             round.started_at,
             round.seconds,
             round.outcome,
             epoch,
             round.condemned,
             round.removed,
+            round.removed_bytes,
             round.swept,
             round.orphans,
             round.tags_dropped,

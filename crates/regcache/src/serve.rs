@@ -52,7 +52,12 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the cluster port {addr}"))?;
-            Some(serve_peers(listener, &meta, collector, peers_stopped)?)
+            Some(serve_peers(
+                listener,
+                &meta,
+                Arc::clone(&collector),
+                peers_stopped,
+            )?)
         }
         None => None,
     };
@@ -62,6 +67,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         routes: Arc::new(routes),
         meta: Arc::clone(&meta),
         metrics,
+        gc: Arc::clone(&collector) as Arc<dyn meta::GcControl>,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

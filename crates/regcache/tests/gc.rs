@@ -356,6 +356,13 @@ fn regcache_gc_plans_runs_and_reports_a_pass_on_request() {
     let round = &report["rounds"][0];
     assert_eq!(round["outcome"], "committed", "{report:#}");
     assert_eq!(round["removed"].as_f64(), Some(stored), "{report:#}");
+    assert_eq!(round["removed_bytes"].as_u64(), Some(bytes), "{report:#}");
+    let (_, status) = raw_request(&s.cache.host(), "GET", "/status.json");
+    let status: serde_json::Value = serde_json::from_slice(&status).expect("status json");
+    assert_eq!(
+        status["gc"]["rounds"][0], *round,
+        "/status.json shows the same rounds"
+    );
     assert_eq!(report["epoch"], 1, "{report:#}");
     let table = gc_cmd(&["status", "--cluster", &cluster]);
     assert!(table.contains("last pass 1, closed"), "{table}");

@@ -23,6 +23,8 @@ pub struct AppState {
     pub routes: Arc<Routes>,
     pub meta: Arc<meta::Meta>,
     pub metrics: PrometheusHandle,
+    /// The collector, for the `gc` section of `/status.json`.
+    pub gc: Arc<dyn meta::GcControl>,
 }
 
 pub fn router(state: AppState) -> Router {

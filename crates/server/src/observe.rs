@@ -72,14 +72,9 @@ pub async fn status(State(state): State<AppState>) -> Response {
                 .into_response();
         }
     };
-    let gc = match state.meta.gc_state() {
-        Ok(gc) => serde_json::json!({
-            "epoch": gc.epoch,
-            "open_cutoff": gc.cutoff,
-            "condemned": gc.condemned,
-            "to_sweep": gc.to_sweep,
-        }),
-        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    let gc = match state.gc.report() {
+        Ok(report) => serde_json::to_value(report).unwrap_or_default(),
+        Err(e) => serde_json::json!({ "error": e }),
     };
     let body = serde_json::json!({
         "raft": state.meta.status(),

@@ -43,7 +43,9 @@ impl Cache {
         round.condemned = condemned;
         tokio::time::sleep(settings.sweep_delay).await;
         let kept = self.meta.gc_state()?.condemned;
+        let kept_bytes = self.meta.gc_condemned_bytes()?;
         round.removed = kept;
+        round.removed_bytes = kept_bytes;
         loop {
             let state = self.meta.gc_state()?;
             if state.epoch != epoch || state.cutoff.is_none() {
@@ -52,12 +54,13 @@ impl Cache {
             let max = CHUNK as u32;
             self.meta.propose(Command::GcCommit { epoch, max }).await?;
         }
-        telemetry::gc_committed(condemned, kept);
+        telemetry::gc_committed(condemned, kept, kept_bytes);
         info!(
             epoch,
             marked = marked.len(),
             condemned,
             removed = kept,
+            removed_bytes = kept_bytes,
             "gc pass committed"
         );
         Ok("committed")

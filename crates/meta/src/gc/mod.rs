@@ -242,6 +242,20 @@ impl StateDb {
             .is_some())
     }
 
+    /// The bytes the condemned entries describe: what the commit frees.
+    pub(crate) fn gc_condemned_bytes(&self) -> Result<u64, MetaError> {
+        let txn = self.db.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        let mut bytes = 0u64;
+        for item in txn.open_table(CONDEMNED)?.iter()? {
+            let (key, _) = item?;
+            if let Some(entry) = tables::get_entry(&entries, key.value())? {
+                bytes = bytes.saturating_add(entry.size);
+            }
+        }
+        Ok(bytes)
+    }
+
     /// Where garbage collection stands here.
     pub(crate) fn gc_state(&self) -> Result<GcState, MetaError> {
         let txn = self.db.begin_read()?;
