@@ -135,7 +135,7 @@ impl Cache {
             return Ok(Some(BlobHit {
                 size,
                 span: None,
-                body: Body::Stream(object_read::stream(objects, key, body, Some(check), fill)),
+                body: Body::Stream(object_read::stream(objects, key, body, 0, Some(check), fill)),
                 tier: Tier::Object,
             }));
         };
@@ -157,7 +157,7 @@ impl Cache {
         Ok(Some(BlobHit {
             size,
             span: Some((start, end)),
-            body: Body::Stream(object_read::stream(objects, key, body, None, fill)),
+            body: Body::Stream(object_read::stream(objects, key, body, start, None, fill)),
             tier: Tier::Object,
         }))
     }

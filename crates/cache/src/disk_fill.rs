@@ -51,6 +51,11 @@ impl DiskFill {
     pub(crate) fn disarm(&mut self) {
         self.armed = false;
     }
+
+    /// Where the blob comes from when the object fails.
+    pub(crate) fn source(&self) -> (&Upstream, &RepoName, &Digest) {
+        (&self.upstream, &self.repo, &self.digest)
+    }
 }
 
 impl Drop for DiskFill {

@@ -5,14 +5,19 @@
 //! verified, or against its digest when the index has none (an object found
 //! by listing); the final chunk is sent only after the check passed, so a
 //! corrupt object never completes a response.
+//!
+//! An object that fails mid-stream (deleted by a sweep, the store gone) is
+//! not an error to the client: the rest comes from the upstream, from the
+//! offset reached, and the client sees only a pause.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
-use objstore::{ObjStoreError, ObjectBody};
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use objstore::ObjectBody;
 use oci::{Digest, DigestHasher};
+use tracing::warn;
 
 use crate::BodyStream;
 use crate::disk_fill::DiskFill;
@@ -63,19 +68,22 @@ impl Check {
     }
 }
 
-/// Streams `body` (the object at `key`, or a range of it) to a client.
-/// `check` is for whole objects only; `fill` runs when the stream is
-/// dropped, unless it failed.
+/// Streams `body` (the object at `key`, or the range of it from `start`)
+/// to a client. `check` is for whole objects only; `fill` runs when the
+/// stream is dropped, unless it failed.
 pub(crate) fn stream(
     objects: &Arc<ObjectTier>,
     key: String,
     body: ObjectBody,
+    start: u64,
     check: Option<Check>,
     fill: DiskFill,
 ) -> BodyStream {
     let reading = Reading {
         remaining: body.len(),
-        body: objects.watched(body).boxed(),
+        position: start,
+        body: objects.watched(body).map_err(std::io::Error::other).boxed(),
+        resumed: false,
         check,
         unchecked: None,
         objects: Arc::clone(objects),
@@ -92,9 +100,14 @@ pub(crate) fn stream(
 }
 
 struct Reading {
-    body: BoxStream<'static, Result<Bytes, ObjStoreError>>,
+    /// The object, or the upstream once the object failed.
+    body: BoxStream<'static, std::io::Result<Bytes>>,
     /// Bytes still to come.
     remaining: u64,
+    /// Where in the blob the next byte is.
+    position: u64,
+    /// The upstream took over already (once per response).
+    resumed: bool,
     /// `None` for a range, or once done.
     check: Option<Check>,
     /// The chunk sent last, not checked yet.
@@ -112,11 +125,16 @@ impl Reading {
             check.update(&sent);
         }
         let chunk = if self.remaining > 0 {
-            match self.body.next().await {
-                Some(Ok(chunk)) if chunk.len() as u64 <= self.remaining => chunk,
-                Some(Ok(_)) => return Some(Err(self.failed("object longer than announced"))),
-                Some(Err(e)) => return Some(Err(self.failed(&e.to_string()))),
-                None => return Some(Err(self.failed("object ended early"))),
+            loop {
+                let failure = match self.body.next().await {
+                    Some(Ok(chunk)) if chunk.len() as u64 <= self.remaining => break chunk,
+                    Some(Ok(_)) => "longer than announced".to_owned(),
+                    Some(Err(e)) => e.to_string(),
+                    None => "ended early".to_owned(),
+                };
+                if let Err(e) = self.resume_from_upstream(&failure).await {
+                    return Some(Err(e));
+                }
             }
         } else if self.check.is_some() {
             // An empty object is checked too.
@@ -125,6 +143,7 @@ impl Reading {
             return None;
         };
         self.remaining -= chunk.len() as u64;
+        self.position += chunk.len() as u64;
         let Some(check) = &mut self.check else {
             return Some(Ok(chunk));
         };
@@ -142,6 +161,43 @@ impl Reading {
             return Some(Err(self.failed("object does not match its digest")));
         }
         Some(Ok(chunk))
+    }
+
+    /// Goes on from the upstream where the object failed: the blob again,
+    /// its first `position` bytes skipped. The check (for a whole blob)
+    /// goes on over the bytes from there, so what the client gets is still
+    /// verified end to end. Only once: a second failure is the response's.
+    async fn resume_from_upstream(&mut self, failure: &str) -> Result<(), std::io::Error> {
+        let failure = format!("object {failure}");
+        if self.resumed {
+            return Err(self.failed(&failure));
+        }
+        self.resumed = true;
+        self.fill.disarm();
+        warn!(
+            key = self.key,
+            position = self.position,
+            reason = failure,
+            "object failed mid-stream; going on from the upstream"
+        );
+        crate::telemetry::objstore_read_resumed();
+        let (upstream, repo, digest) = self.fill.source();
+        let blob = match upstream.get_blob(repo, digest).await {
+            Ok(blob) => blob,
+            Err(e) => return Err(self.failed(&format!("{failure}, and the upstream failed: {e}"))),
+        };
+        let mut skip = self.position;
+        self.body = blob
+            .body
+            .map_err(std::io::Error::other)
+            .try_filter_map(move |chunk| {
+                let taken = skip.min(chunk.len() as u64);
+                skip -= taken;
+                let rest = (taken < chunk.len() as u64).then(|| chunk.slice(taken as usize..));
+                futures_util::future::ready(Ok(rest))
+            })
+            .boxed();
+        Ok(())
     }
 
     /// A failed read copies nothing to disk: the object is gone, corrupt

@@ -10,6 +10,7 @@ const DIGEST_MISMATCHES: &str = "regcache_digest_mismatch_total";
 const OBJSTORE_ERRORS: &str = "regcache_objstore_errors_total";
 const OBJSTORE_CORRUPT: &str = "regcache_objstore_corrupt_total";
 const OBJSTORE_UNSTORED: &str = "regcache_objstore_unstored_total";
+const OBJSTORE_READS_RESUMED: &str = "regcache_objstore_reads_resumed_total";
 const OBJSTORE_CHECKED_READS: &str = "regcache_objstore_checked_reads_total";
 const GC_RUNS: &str = "regcache_gc_runs_total";
 const GC_DURATION: &str = "regcache_gc_duration_seconds";
@@ -49,6 +50,11 @@ pub(crate) fn objstore_error(operation: &'static str) {
 /// An object that did not match the digest its key names (and was deleted).
 pub(crate) fn objstore_corrupt() {
     metrics::counter!(OBJSTORE_CORRUPT).increment(1);
+}
+
+/// A response whose object failed mid-stream and went on from the upstream.
+pub(crate) fn objstore_read_resumed() {
+    metrics::counter!(OBJSTORE_READS_RESUMED).increment(1);
 }
 
 /// Content kept on local disk only: the object tier did not take it.
