@@ -163,10 +163,10 @@ impl Reading {
         Some(Ok(chunk))
     }
 
-    /// Goes on from the upstream where the object failed: the blob again,
-    /// its first `position` bytes skipped. The check (for a whole blob)
-    /// goes on over the bytes from there, so what the client gets is still
-    /// verified end to end. Only once: a second failure is the response's.
+    /// Goes on from the upstream where the object failed (a ranged GET
+    /// from `position`). The check (for a whole blob) goes on over the
+    /// bytes from there, so what the client gets is still verified end to
+    /// end. Only once: a second failure is the response's.
     async fn resume_from_upstream(&mut self, failure: &str) -> Result<(), std::io::Error> {
         let failure = format!("object {failure}");
         if self.resumed {
@@ -182,21 +182,11 @@ impl Reading {
         );
         crate::telemetry::objstore_read_resumed();
         let (upstream, repo, digest) = self.fill.source();
-        let blob = match upstream.get_blob(repo, digest).await {
+        let blob = match upstream.get_blob_from(repo, digest, self.position).await {
             Ok(blob) => blob,
             Err(e) => return Err(self.failed(&format!("{failure}, and the upstream failed: {e}"))),
         };
-        let mut skip = self.position;
-        self.body = blob
-            .body
-            .map_err(std::io::Error::other)
-            .try_filter_map(move |chunk| {
-                let taken = skip.min(chunk.len() as u64);
-                skip -= taken;
-                let rest = (taken < chunk.len() as u64).then(|| chunk.slice(taken as usize..));
-                futures_util::future::ready(Ok(rest))
-            })
-            .boxed();
+        self.body = blob.body.map_err(std::io::Error::other).boxed();
         Ok(())
     }
 

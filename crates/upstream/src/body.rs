@@ -2,8 +2,8 @@
 //! and tokens; streamed for blobs.
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use crate::error::UpstreamError;
 use crate::{headers, telemetry};
@@ -53,4 +53,19 @@ pub(crate) fn stream(
             })
         })
         .boxed()
+}
+
+/// `body` without its first `skip` bytes: a registry that ignored a Range
+/// sent the blob from its start.
+pub(crate) fn skip(
+    body: BoxStream<'static, Result<Bytes, UpstreamError>>,
+    mut skip: u64,
+) -> BoxStream<'static, Result<Bytes, UpstreamError>> {
+    body.try_filter_map(move |chunk| {
+        let taken = skip.min(chunk.len() as u64);
+        skip -= taken;
+        let rest = (taken < chunk.len() as u64).then(|| chunk.slice(taken as usize..));
+        std::future::ready(Ok(rest))
+    })
+    .boxed()
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{ACCEPT, AUTHORIZATION, LOCATION, WWW_AUTHENTICATE};
+use http::header::{ACCEPT, AUTHORIZATION, LOCATION, RANGE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, StatusCode};
 use oci::RepoName;
 use url::Url;
@@ -42,6 +42,8 @@ pub(crate) struct Call<'a> {
     pub method: Method,
     pub url: Url,
     pub accept: Option<HeaderValue>,
+    /// `Range: bytes=N-` for a blob read from offset N.
+    pub from: Option<u64>,
 }
 
 impl fmt::Debug for Upstream {
@@ -217,6 +219,9 @@ impl Upstream {
                 let mut request = self.inner.http.request(call.method.clone(), url.clone());
                 if let Some(accept) = &call.accept {
                     request = request.header(ACCEPT, accept.clone());
+                }
+                if let Some(from) = call.from {
+                    request = request.header(RANGE, format!("bytes={from}-"));
                 }
                 if let Some(authorization) = authorization {
                     request = request.header(AUTHORIZATION, authorization.clone());

@@ -96,6 +96,7 @@ impl Upstream {
                 method: Method::HEAD,
                 url,
                 accept: accept_header(accept),
+                from: None,
             };
             let response = self.send(&call).await?;
             let h = response.headers();
@@ -124,6 +125,7 @@ impl Upstream {
                 method: Method::GET,
                 url,
                 accept: accept_header(accept),
+                from: None,
             };
             let response = self.send(&call).await?;
             let header_type = headers::media_type(response.headers());
@@ -148,20 +150,54 @@ impl Upstream {
     /// GET a blob, streamed: blobs can be gigabytes, so the body is never
     /// buffered and has no total timeout, only the idle read timeout.
     pub async fn get_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobStream, UpstreamError> {
-        self.observe("get_blob", repo, async {
+        self.get_blob_call("get_blob", repo, digest, None).await
+    }
+
+    /// GET a blob from byte `from` on (`Range: bytes=from-`), to go on
+    /// where another source stopped. A registry that ignores the range
+    /// sends the whole blob; its first `from` bytes are then skipped here,
+    /// so the stream always starts at `from`.
+    pub async fn get_blob_from(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: u64,
+    ) -> Result<BlobStream, UpstreamError> {
+        self.get_blob_call("get_blob_range", repo, digest, Some(from))
+            .await
+    }
+
+    async fn get_blob_call(
+        &self,
+        op: &'static str,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<u64>,
+    ) -> Result<BlobStream, UpstreamError> {
+        self.observe(op, repo, async {
             let url = self.url(repo, &["blobs", &digest.to_string()]);
             let call = Call {
-                op: "get_blob",
+                op,
                 repo,
                 method: Method::GET,
                 url,
                 accept: None,
+                from,
             };
             let response = self.send(&call).await?;
             let size = headers::content_length(response.headers());
+            let partial = response.status() == http::StatusCode::PARTIAL_CONTENT;
+            let body = body::stream(response, self.inner.name.clone());
+            let skip = match from {
+                Some(from) if !partial => from,
+                _ => 0,
+            };
+            if skip == 0 {
+                return Ok(BlobStream { size, body });
+            }
             Ok(BlobStream {
-                size,
-                body: body::stream(response, self.inner.name.clone()),
+                size: size.map(|size| size.saturating_sub(skip)),
+                body: body::skip(body, skip),
             })
         })
         .await
@@ -184,6 +220,7 @@ impl Upstream {
                 method: Method::GET,
                 url,
                 accept: None,
+                from: None,
             };
             let response = self.send(&call).await?;
             let content_type = headers::header_str(response.headers(), CONTENT_TYPE).map(str::to_owned);

@@ -154,6 +154,13 @@ async fn reads_what_a_real_registry_serves() {
     }
     assert_eq!(streamed, layer);
 
+    // From an offset (where another source stopped): a real Range request.
+    let from = layer.len() as u64 / 3;
+    let blob = upstream.get_blob_from(&repo, &layer_digest, from).await.unwrap();
+    assert_eq!(blob.size, Some(layer.len() as u64 - from));
+    let rest: Vec<u8> = blob.body.map(|chunk| chunk.unwrap().to_vec()).concat().await;
+    assert_eq!(rest, layer[from as usize..]);
+
     // distribution 2.8 ignores `n` (pagination came in 3.0): accept either
     // one tag with a next link or every tag without one.
     let page = upstream.tags_list(&repo, Some("n=1"), 1 << 16).await.unwrap();

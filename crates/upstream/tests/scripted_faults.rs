@@ -242,3 +242,37 @@ async fn path_prefix_query_and_link_are_handled() {
     assert_eq!(head.size, Some(MANIFEST.len() as u64));
     assert_eq!(upstream.name(), "scripted.example");
 }
+
+/// A registry (or a CDN in front of one) that ignores Range sends the whole
+/// blob: the stream still starts at the offset asked for.
+#[tokio::test]
+async fn a_range_the_registry_ignores_is_skipped_to() {
+    let blob: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let served = blob.clone();
+    let addr = fault_server("127.0.0.1", move |_| {
+        Router::new().fallback(move |req: Request| {
+            let served = served.clone();
+            async move {
+                assert_eq!(req.headers()["range"], "bytes=70000-");
+                // In pieces, so the skip crosses chunk boundaries.
+                let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                    served.chunks(30_000).map(|c| Ok(c.to_vec())).collect();
+                let length = served.len().to_string();
+                respond(
+                    200,
+                    &[("content-length", &length)],
+                    Body::from_stream(futures_util::stream::iter(chunks)),
+                )
+            }
+        })
+    })
+    .await;
+    let upstream = Upstream::new(config(&format!("http://{addr}"))).unwrap();
+    let got = upstream
+        .get_blob_from(&repo(), &digest_of(&blob), 70_000)
+        .await
+        .unwrap();
+    assert_eq!(got.size, Some(30_000));
+    let rest: Vec<u8> = got.body.map(|chunk| chunk.unwrap().to_vec()).concat().await;
+    assert_eq!(rest, blob[70_000..]);
+}
