@@ -49,6 +49,26 @@ pub(crate) struct Download {
     file: Arc<std::fs::File>,
     progress: watch::Receiver<Progress>,
     recent: Arc<RecentChunks>,
+    /// What it fetches, for `/status.json`.
+    upstream: String,
+    repo: RepoName,
+    started: std::time::Instant,
+}
+
+/// One download under way, as `/status.json` lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DownloadStatus {
+    pub digest: String,
+    pub upstream: String,
+    pub repo: String,
+    /// `upstream`, or `object` (a copy of another replica's object).
+    pub source: &'static str,
+    /// `starting`, `running` or `done` (being made durable).
+    pub state: &'static str,
+    /// The blob's size, once announced.
+    pub size: Option<u64>,
+    pub written: u64,
+    pub seconds: f64,
 }
 
 /// The downloads under way, by digest.
@@ -110,6 +130,9 @@ impl Inflight {
             file: writer.file(),
             progress: rx,
             recent: Arc::clone(&recent),
+            upstream: upstream.name().to_owned(),
+            repo: repo.clone(),
+            started: std::time::Instant::now(),
         });
         downloads.insert(digest.clone(), Arc::clone(&download));
         drop(downloads);
@@ -131,6 +154,17 @@ impl Inflight {
         self.lock().len()
     }
 
+    /// The downloads under way, by digest.
+    pub(crate) fn statuses(&self) -> Vec<DownloadStatus> {
+        let mut statuses: Vec<DownloadStatus> = self
+            .lock()
+            .iter()
+            .map(|(digest, download)| download.status(digest))
+            .collect();
+        statuses.sort_by(|a, b| a.digest.cmp(&b.digest));
+        statuses
+    }
+
     /// Takes `digest`'s download out of the map: a request arriving later
     /// starts afresh or finds the disk tier.
     pub(crate) fn remove(&self, digest: &Digest) {
@@ -143,6 +177,27 @@ impl Inflight {
 }
 
 impl Download {
+    fn status(&self, digest: &Digest) -> DownloadStatus {
+        let (state, size, written, from) = match &*self.progress.borrow() {
+            Progress::Starting | Progress::Failed(_) => ("starting", None, 0, None),
+            Progress::Running { size, written, from } => ("running", *size, *written, Some(from.clone())),
+            Progress::Done { size, from } => ("done", Some(*size), *size, Some(from.clone())),
+        };
+        DownloadStatus {
+            digest: digest.to_string(),
+            upstream: self.upstream.clone(),
+            repo: self.repo.to_string(),
+            source: match from {
+                Some(BytesFrom::Object(_)) => "object",
+                _ => "upstream",
+            },
+            state,
+            size,
+            written,
+            seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
+
     /// Waits until the blob's total size is known. Also returns the object
     /// key when the bytes come from the object tier: a range far ahead of
     /// the download is better read from there directly.

@@ -30,6 +30,7 @@ use upstream::{Upstream, UpstreamError};
 
 pub use blob::BlobHit;
 pub use gc::{Collector, GcSettings};
+pub use inflight::DownloadStatus;
 pub use manifest::ManifestHit;
 pub use object_tier::ObjectTier;
 
@@ -178,6 +179,11 @@ impl Cache {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.inflight.len()
+    }
+
+    /// The downloads under way on this replica, by digest.
+    pub fn downloads(&self) -> Vec<DownloadStatus> {
+        self.inflight.statuses()
     }
 }
 

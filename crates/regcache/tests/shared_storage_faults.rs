@@ -280,6 +280,22 @@ fn s3_killed_mid_pull_corrupts_nothing() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_secs(1));
+    // Paused at 12 MiB: /status.json shows the download under way.
+    let status = raw_request_with(&cache.host(), "GET", "/status.json", &[]);
+    let status: serde_json::Value = serde_json::from_slice(&status.body).expect("status json");
+    let download = &status["downloads"][0];
+    assert_eq!(download["digest"], big.as_str(), "{status:#}");
+    assert_eq!(
+        (&download["state"], &download["source"], &download["repo"]),
+        (&"running".into(), &"upstream".into(), &"library/app".into()),
+        "{status:#}"
+    );
+    assert!(download["written"].as_u64() >= Some(1 << 20), "{status:#}");
+    assert_eq!(
+        download["size"].as_u64(),
+        Some(big_image.layer_digests[0].1),
+        "{status:#}"
+    );
     s3.stop();
     let response = pull.join().expect("the pulling thread");
     assert_verified(&cache, &response, &big);

@@ -76,9 +76,27 @@ pub async fn status(State(state): State<AppState>) -> Response {
         Ok(report) => serde_json::to_value(report).unwrap_or_default(),
         Err(e) => serde_json::json!({ "error": e }),
     };
+    let downloads: Vec<serde_json::Value> = state
+        .cache
+        .downloads()
+        .into_iter()
+        .map(|d| {
+            serde_json::json!({
+                "digest": d.digest,
+                "upstream": d.upstream,
+                "repo": d.repo,
+                "source": d.source,
+                "state": d.state,
+                "size": d.size,
+                "written": d.written,
+                "seconds": d.seconds,
+            })
+        })
+        .collect();
     let body = serde_json::json!({
         "raft": state.meta.status(),
         "gc": gc,
+        "downloads": downloads,
         "index": {
             "tags": stats.tags,
             "manifests": stats.manifests,
