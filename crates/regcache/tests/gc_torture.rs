@@ -27,11 +27,19 @@ const GC: &str = "[gc]\nttl = \"1s\"\ninterval = \"2s\"\nsweep_delay = \"2s\"\no
 /// The images pulled, by the window of the load they are pulled in: each
 /// goes idle for whole windows (and is collected) and comes back (and is
 /// fetched again). `app:v1` and `web:v1` are one image in two repositories.
+/// A window is long enough for a whole pass (about 4 s: the interval, the
+/// sweep delay, the orphan listing) to start and commit inside it.
 const WINDOWS: [&[&str]; 2] = [
     &["library/app:v1", "library/multi:v1"],
     &["library/web:v1", "library/app:v2"],
 ];
-const WINDOW: Duration = Duration::from_secs(5);
+const WINDOW: Duration = Duration::from_secs(10);
+/// The `n`th client's image in the window of the load at this moment.
+fn image_at(started: Instant, n: usize) -> &'static str {
+    let window = WINDOWS[(started.elapsed().as_secs() / WINDOW.as_secs()) as usize % WINDOWS.len()];
+    window[n % window.len()]
+}
+
 /// A layer big enough that a slow reader takes seconds over it.
 const BIG_LAYER: u64 = 1_500_000;
 
@@ -231,8 +239,7 @@ fn load(
             scope.spawn(move || {
                 let mut n = client;
                 while !stop.load(Ordering::Relaxed) {
-                    let window = WINDOWS[(started.elapsed().as_secs() / WINDOW.as_secs()) as usize % 2];
-                    let image = window[n % window.len()];
+                    let image = image_at(started, n);
                     tally.record(image, pull(&pick(n), image, n), &tally.pulls);
                     n += 1;
                 }
@@ -251,8 +258,7 @@ fn load(
         scope.spawn(move || {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                let window = WINDOWS[(started.elapsed().as_secs() / WINDOW.as_secs()) as usize % 2];
-                let image = window[n % window.len()];
+                let image = image_at(started, n);
                 tally.record(image, copy(&pick(n), image, &dest), &tally.copies);
                 n += 1;
             }
