@@ -1,4 +1,5 @@
-//! How long a GC mark takes over a large index, and the memory it needs:
+//! How long a GC mark takes over a large index (and the cutoff of a byte
+//! budget at half its size), and the memory they need:
 //! `cargo bench -p meta --bench gc_mark` (add `-- 1000000` for the size the
 //! targets are set for: a mark in at most 10 s, at most 512 MiB resident).
 //! The smaller index (a tenth) is the baseline the ratio is printed against:
@@ -33,8 +34,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ratio = baseline.map_or(String::new(), |b: f64| {
             format!(", {:.1}× the baseline", took.as_secs_f64() / b)
         });
+        // A budget of half the index: the cutoff that frees the rest.
+        let stats = meta.stats()?;
+        let budget = (stats.blob_bytes + stats.manifest_bytes) / 2;
+        let started = Instant::now();
+        let cutoff = meta.gc_budget_cutoff(budget)?;
+        let budgeted = started.elapsed();
         println!(
-            "mark over {indexed} entries: {took:.2?} ({:.0} entries/s{ratio}), {marked} marked; index built in {built:.1?}; peak rss {} MiB",
+            "mark over {indexed} entries: {took:.2?} ({:.0} entries/s{ratio}), {marked} marked; budget cutoff {cutoff:?} in {budgeted:.2?}; index built in {built:.1?}; peak rss {} MiB",
             indexed as f64 / took.as_secs_f64(),
             peak_rss_mib()?,
         );
