@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use crate::gc;
 use crate::raft::{EntryPayload, LogEntry, LogId, Response, StoredMembership};
-use crate::tables::{self, CONDEMNED, ENTRIES, GC, META, RAFT, RESCUED, SWEEP, TAGS, Totals};
+use crate::tables::{self, ENTRIES, META, RAFT, TAGS, Totals};
 use crate::{Command, Entry, MetaError, TagKey, TagRecord};
 
 /// Counts for tools and the status page.
@@ -68,14 +68,7 @@ impl StateDb {
         let db = create_database(path)?;
         // Creating the tables up front lets reads assume they exist.
         let txn = db.begin_write()?;
-        txn.open_table(TAGS)?;
-        txn.open_table(ENTRIES)?;
-        txn.open_table(META)?;
-        txn.open_table(RAFT)?;
-        txn.open_table(GC)?;
-        for table in [CONDEMNED, RESCUED, SWEEP] {
-            txn.open_table(table)?;
-        }
+        tables::create_all(&txn)?;
         txn.commit()?;
         Ok(StateDb { db })
     }
@@ -118,20 +111,8 @@ impl StateDb {
     /// Empties the state, in one durable transaction.
     pub(crate) fn clear(&self) -> Result<(), MetaError> {
         let txn = self.db.begin_write()?;
-        for table in [TAGS, ENTRIES] {
-            txn.delete_table(table)?;
-            txn.open_table(table)?;
-        }
-        txn.delete_table(META)?;
-        txn.open_table(META)?;
-        txn.delete_table(RAFT)?;
-        txn.open_table(RAFT)?;
-        txn.delete_table(GC)?;
-        txn.open_table(GC)?;
-        for table in [CONDEMNED, RESCUED, SWEEP] {
-            txn.delete_table(table)?;
-            txn.open_table(table)?;
-        }
+        tables::delete_all(&txn)?;
+        tables::create_all(&txn)?;
         txn.commit()?;
         Ok(())
     }

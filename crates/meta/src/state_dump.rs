@@ -138,14 +138,7 @@ impl StateDb {
         before_commit: impl FnOnce(&RaftApplied) -> Result<(), MetaError>,
     ) -> Result<SnapshotInfo, MetaError> {
         let txn = self.db.begin_write()?;
-        txn.delete_table(TAGS)?;
-        txn.delete_table(ENTRIES)?;
-        txn.delete_table(META)?;
-        txn.delete_table(RAFT)?;
-        txn.delete_table(GC)?;
-        for table in [CONDEMNED, RESCUED, SWEEP] {
-            txn.delete_table(table)?;
-        }
+        tables::delete_all(&txn)?;
         let (info, raft) = {
             let mut gc_table = txn.open_table(GC)?;
             let mut condemned = txn.open_table(CONDEMNED)?;

@@ -5,7 +5,7 @@
 //! defaults let later issues add fields without a migration.
 
 use oci::Digest;
-use redb::{ReadableTable, Table, TableDefinition};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -31,6 +31,34 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 /// Raft's bookkeeping about the state, written in the same transaction as
 /// the state it describes: `"applied"` -> JSON `RaftApplied`.
 pub(crate) const RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft");
+
+/// Calls `$txn.$method(TABLE)?` for every table of the state: the one list
+/// of them, so a table added above is created, cleared and replaced by a
+/// snapshot alike.
+macro_rules! every_table {
+    ($txn:expr, $method:ident) => {{
+        $txn.$method(TAGS)?;
+        $txn.$method(ENTRIES)?;
+        $txn.$method(GC)?;
+        $txn.$method(CONDEMNED)?;
+        $txn.$method(RESCUED)?;
+        $txn.$method(SWEEP)?;
+        $txn.$method(META)?;
+        $txn.$method(RAFT)?;
+    }};
+}
+
+/// Creates every table (reads may then assume they exist).
+pub(crate) fn create_all(txn: &WriteTransaction) -> Result<(), MetaError> {
+    every_table!(txn, open_table);
+    Ok(())
+}
+
+/// Deletes every table, and so everything the state holds.
+pub(crate) fn delete_all(txn: &WriteTransaction) -> Result<(), MetaError> {
+    every_table!(txn, delete_table);
+    Ok(())
+}
 
 const LAST_APPLIED: &str = "last_applied";
 const MANIFESTS: &str = "manifests";

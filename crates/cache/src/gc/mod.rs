@@ -140,6 +140,7 @@ impl Collector {
             Ok(dropped) => round.tags_dropped = dropped,
             Err(e) => failed("tag expiry", e),
         }
+        let pass = Instant::now();
         let outcome = match cache.collect(settings, &mut round).await {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -149,7 +150,7 @@ impl Collector {
             }
         };
         telemetry::gc_run(outcome);
-        telemetry::gc_phase("pass", started.elapsed());
+        telemetry::gc_phase("pass", pass.elapsed());
         round.outcome = outcome.to_owned();
         round.seconds = started.elapsed().as_secs_f64();
         round

@@ -9,7 +9,7 @@ use oci::Digest;
 use redb::{ReadableDatabase, ReadableTable};
 
 use crate::tables::{self, ENTRIES, META, TAGS, Totals};
-use crate::{EntryKind, MetaError, StateDb, TagRecord};
+use crate::{EntryKind, MetaError, StateDb};
 
 /// A budget pass collects down to this share of the budget, so it does not
 /// run again as soon as a few new blobs arrive.
@@ -61,17 +61,11 @@ impl StateDb {
         Ok(idle.into_iter().map(|(_, digest)| digest).collect())
     }
 
-    /// How many tags no replica served since `cutoff`: a pass drops them
-    /// even when no content is idle.
+    /// How many tags no replica served since `cutoff`: what a
+    /// `DropIdleTags` with it would drop.
     pub(crate) fn gc_idle_tags(&self, cutoff: u64) -> Result<usize, MetaError> {
         let txn = self.db.begin_read()?;
-        let mut idle = 0;
-        for item in txn.open_table(TAGS)?.iter()? {
-            let (key, value) = item?;
-            let record: TagRecord = tables::decode("tags", key.value(), value.value())?;
-            idle += usize::from(record.last_requested() < cutoff);
-        }
-        Ok(idle)
+        Ok(super::idle_tags(&txn.open_table(TAGS)?, cutoff)?.len())
     }
 
     /// The cutoff a pass needs to bring the index's total size under

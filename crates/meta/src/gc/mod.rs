@@ -197,6 +197,17 @@ pub(crate) fn commit(
 /// only as long as its own accesses keep it.
 pub(crate) fn drop_idle_tags(txn: &WriteTransaction, cutoff: u64) -> Result<(), MetaError> {
     let mut tags = txn.open_table(TAGS)?;
+    for key in idle_tags(&tags, cutoff)? {
+        tags.remove(key.as_str())?;
+    }
+    Ok(())
+}
+
+/// The stored keys of the tags no replica served since `cutoff`.
+pub(crate) fn idle_tags(
+    tags: &impl ReadableTable<&'static str, &'static [u8]>,
+    cutoff: u64,
+) -> Result<Vec<String>, MetaError> {
     let mut idle = Vec::new();
     for item in tags.iter()? {
         let (key, value) = item?;
@@ -205,10 +216,7 @@ pub(crate) fn drop_idle_tags(txn: &WriteTransaction, cutoff: u64) -> Result<(), 
             idle.push(key.value().to_owned());
         }
     }
-    for key in idle {
-        tags.remove(key.as_str())?;
-    }
-    Ok(())
+    Ok(idle)
 }
 
 /// `Swept`: forgets object keys a sweeper deleted.
