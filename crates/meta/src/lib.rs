@@ -268,27 +268,32 @@ impl Meta {
     /// requests as one `TouchTags`, now; returns how many digests and tags
     /// they carried. On failure they stay pending for the next try.
     pub async fn flush_accesses(&self) -> Result<usize, MetaError> {
-        let accesses = self.accesses.digests.take();
-        let count = accesses.len();
-        if !accesses.is_empty() {
-            let cmd = Command::Touch {
-                accesses: accesses.clone(),
-            };
-            if let Err(error) = self.propose(cmd).await {
-                self.accesses.digests.restore(accesses);
-                return Err(error);
-            }
+        let digests = self
+            .flush(&self.accesses.digests, |accesses| Command::Touch { accesses })
+            .await?;
+        let tags = self
+            .flush(&self.accesses.tags, |tags| Command::TouchTags { tags })
+            .await?;
+        Ok(digests + tags)
+    }
+
+    /// Proposes what `pending` holds as one `command`, if anything; puts it
+    /// back when that fails.
+    async fn flush<K: Clone + Eq + std::hash::Hash + Ord>(
+        &self,
+        pending: &access::Latest<K>,
+        command: fn(Vec<(K, u64)>) -> Command,
+    ) -> Result<usize, MetaError> {
+        let batch = pending.take();
+        if batch.is_empty() {
+            return Ok(0);
         }
-        let tags = self.accesses.tags.take();
-        if tags.is_empty() {
-            return Ok(count);
-        }
-        let tagged = tags.len();
-        if let Err(error) = self.propose(Command::TouchTags { tags: tags.clone() }).await {
-            self.accesses.tags.restore(tags);
+        let count = batch.len();
+        if let Err(error) = self.propose(command(batch.clone())).await {
+            pending.restore(batch);
             return Err(error);
         }
-        Ok(count + tagged)
+        Ok(count)
     }
 
     /// Spawns the task that flushes noted accesses every `interval` (e.g.
