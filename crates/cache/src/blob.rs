@@ -9,7 +9,7 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use crate::body::{counted, file_range, kept_recent};
 use crate::disk_fill::DiskFill;
-use crate::inflight::Joined;
+use crate::inflight::{BytesFrom, Joined, Origin};
 use crate::object_read::{self, Check};
 use crate::{Body, Cache, CacheError, Remote, Tier};
 
@@ -35,7 +35,9 @@ impl Cache {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<BlobHit, CacheError> {
-        let hit = self.blob_from_tiers(src, repo, digest, range).await?;
+        let hit = self
+            .blob_from_tiers(src, repo, digest, range, Origin::Cluster)
+            .await?;
         self.meta.record_access(digest);
         crate::telemetry::request("blob", hit.tier);
         let body = kept_recent(hit.body, Arc::clone(&self.meta), digest.clone());
@@ -45,12 +47,30 @@ impl Cache {
         })
     }
 
+    /// Serves the blob from `offset` on to another member that asked this
+    /// one, its owner: from the tiers, else from the download it joins or
+    /// starts from the upstream, never through a third member. Not counted
+    /// as an access: the asking member notes its clients' accesses.
+    pub async fn blob_for_peer(
+        &self,
+        src: &Remote,
+        repo: &RepoName,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobHit, CacheError> {
+        let range = (offset > 0).then_some(ByteRange::From(offset));
+        self.blob_from_tiers(src, repo, digest, range, Origin::Upstream)
+            .await
+    }
+
+    /// `misses` is where a download started here gets the bytes.
     async fn blob_from_tiers(
         &self,
         src: &Remote,
         repo: &RepoName,
         digest: &Digest,
         range: Option<ByteRange>,
+        misses: Origin,
     ) -> Result<BlobHit, CacheError> {
         if let Some(object) = self.memory.get(digest).await {
             self.disk.touch(digest);
@@ -71,19 +91,19 @@ impl Cache {
             {
                 return Ok(hit);
             }
-            let from_object = streaming.is_some();
+            let origin = streaming.map_or_else(|| misses.clone(), Origin::Object);
             let joined = self
                 .inflight
-                .join_or_start(&self.disk, &src.upstream, repo, digest, streaming)?;
+                .join_or_start(&self.disk, &src.upstream, repo, digest, origin)?;
             let (download, joined) = match joined {
                 Joined::Running(download) => (download, true),
                 Joined::Started(download) => (download, false),
                 Joined::OnDisk => continue,
             };
-            let (size, object_key) = download.size().await?;
+            let (size, from) = download.size().await?;
             let (start, end) = span_of(range, size)?;
             let span = range.map(|_| (start, end));
-            if let Some(key) = &object_key
+            if let BytesFrom::Object(key) = &from
                 && start > download.readable().saturating_add(RANGE_READ_AHEAD)
                 && let Some(body) = self.ranged_object(key, start, end).await
             {
@@ -98,10 +118,11 @@ impl Cache {
                 size,
                 span,
                 body: Body::Stream(download.follow(start, end)),
-                tier: match (joined, from_object) {
+                tier: match (joined, from) {
                     (true, _) => Tier::Inflight,
-                    (false, true) => Tier::Object,
-                    (false, false) => Tier::Upstream,
+                    (false, BytesFrom::Object(_)) => Tier::Object,
+                    (false, BytesFrom::Peer(_)) => Tier::Peer,
+                    (false, BytesFrom::Upstream) => Tier::Upstream,
                 },
             });
         }

@@ -11,6 +11,7 @@ use tracing::warn;
 use upstream::Upstream;
 
 use crate::Cache;
+use crate::inflight::{Inflight, Origin};
 use crate::object_streams::OpenObjectStreams;
 
 /// Held by a response streaming a blob from the object tier; starts the
@@ -18,7 +19,7 @@ use crate::object_streams::OpenObjectStreams;
 /// corrupt, or unreadable).
 pub(crate) struct DiskFill {
     streams: Arc<OpenObjectStreams>,
-    inflight: Arc<crate::inflight::Inflight>,
+    inflight: Arc<Inflight>,
     disk: store::DiskStore,
     upstream: Upstream,
     repo: RepoName,
@@ -65,7 +66,7 @@ impl Drop for DiskFill {
         if !self.armed || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let object = Some(std::mem::take(&mut self.key));
+        let object = Origin::Object(std::mem::take(&mut self.key));
         let started =
             self.inflight
                 .join_or_start(&self.disk, &self.upstream, &self.repo, &self.digest, object);

@@ -1,7 +1,8 @@
 //! The task that owns one download: it copies the blob from the upstream
-//! (teed into the object tier) or from the object tier to a temp file,
-//! publishes its progress to the followers, and once the digest matched
-//! makes it durable, puts it in place and records it in the index.
+//! (teed into the object tier), from the object tier, or from the member
+//! that owns the digest (`peer_fetch`) to a temp file, publishes its
+//! progress to the followers, and once the digest matched makes it
+//! durable, puts it in place and records it in the index.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 use upstream::Upstream;
 
-use crate::inflight::{BytesFrom, Inflight, Progress};
+use crate::inflight::{BytesFrom, Inflight, Origin, Progress};
 use crate::object_tier::{ObjectTier, count_unstored};
 use crate::recent::RecentChunks;
 use crate::{CacheError, forget_evicted, unix_now};
@@ -34,16 +35,17 @@ pub(crate) struct Fetch {
     pub(crate) upstream: Upstream,
     pub(crate) repo: RepoName,
     pub(crate) digest: Digest,
-    /// The object tier's copy to read, instead of the upstream.
-    pub(crate) object: Option<String>,
+    pub(crate) origin: Origin,
     pub(crate) progress: watch::Sender<Progress>,
     pub(crate) recent: Arc<RecentChunks>,
 }
 
-/// A verified blob in its temp file, and where the object tier has it.
-struct Fetched {
-    verified: Verified,
-    object_key: Option<String>,
+/// A verified blob in its temp file, where the object tier has it, and
+/// where its bytes came from.
+pub(crate) struct Fetched {
+    pub(crate) verified: Verified,
+    pub(crate) object_key: Option<String>,
+    pub(crate) from: BytesFrom,
 }
 
 /// A download being copied into the object tier as it arrives.
@@ -79,15 +81,20 @@ impl Fetch {
     /// the disk tier, and shutdown waits for all of it.
     async fn keep(&self, fetched: Fetched, tee: Tee) {
         let size = fetched.verified.size();
-        let from = match &fetched.object_key {
-            Some(key) => BytesFrom::Object(Arc::from(key.as_str())),
-            None => BytesFrom::Upstream,
-        };
-        self.progress.send_replace(Progress::Done { size, from });
+        let from = fetched.from;
+        self.progress.send_replace(Progress::Done {
+            size,
+            from: from.clone(),
+        });
         match fetched.verified.persist().await {
             Ok(committed) => {
-                debug!(upstream = self.upstream.name(), digest = %self.digest, size, "blob cached");
-                self.record(committed, fetched.object_key, tee).await;
+                debug!(upstream = self.upstream.name(), digest = %self.digest, size, ?from, "blob cached");
+                if let BytesFrom::Peer(_) = from {
+                    // The owner stores and records it; this copy is local.
+                    forget_evicted(&self.inflight.meta, committed.evicted).await;
+                } else {
+                    self.record(committed, fetched.object_key, tee).await;
+                }
             }
             Err(e) => {
                 warn!(digest = %self.digest, error = %e, "keeping a verified blob on disk failed");
@@ -97,13 +104,18 @@ impl Fetch {
         self.inflight.remove(&self.digest);
     }
 
-    /// Copies the blob to local disk from the object tier's `object` when
-    /// given, else from the upstream while teeing it into the object tier;
-    /// commits it to disk once verified.
+    /// Copies the blob to local disk from its origin: the object tier's
+    /// copy, the digest's owner, or the upstream while teeing it into the
+    /// object tier (also when the owner cannot be asked); verifies it.
     async fn fetch(&self, mut writer: BlobWriter, tee: &mut Tee) -> Result<Fetched, CacheError> {
         let objects = self.inflight.objects.as_ref();
-        if let (Some(objects), Some(hint)) = (objects, &self.object) {
+        if let (Some(objects), Origin::Object(hint)) = (objects, &self.origin) {
             return self.copy_object(writer, objects, hint).await;
+        }
+        if let Origin::Cluster = self.origin
+            && let Some(from_owner) = self.copy_from_owner(&mut writer).await?
+        {
+            return self.owner_verified(writer, from_owner).await;
         }
         *tee = objects.and_then(|o| o.upload(ObjectKind::Blob, &self.digest));
         let blob = self.upstream.get_blob(&self.repo, &self.digest).await?;
@@ -113,6 +125,7 @@ impl Fetch {
         Ok(Fetched {
             verified: writer.verify().await?,
             object_key: None,
+            from: BytesFrom::Upstream,
         })
     }
 
@@ -147,12 +160,13 @@ impl Fetch {
         }
         Ok(Fetched {
             verified: copied?,
+            from: BytesFrom::Object(Arc::from(key.as_str())),
             object_key: Some(key),
         })
     }
 
     /// Writes `body` to the temp file (and `tee`), publishing progress.
-    async fn copy(
+    pub(crate) async fn copy(
         &self,
         writer: &mut BlobWriter,
         size: Option<u64>,

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use meta::Meta;
 use oci::{Digest, RepoName};
+use peer::Peers;
 use store::DiskStore;
 use tokio::sync::watch;
 use upstream::Upstream;
@@ -21,6 +22,21 @@ pub(crate) enum BytesFrom {
     Upstream,
     /// The object tier, under this key (another replica stored it).
     Object(Arc<str>),
+    /// The digest's owner, this member (by id), streaming its download.
+    Peer(u64),
+}
+
+/// Where a download is to get its bytes.
+#[derive(Clone, Debug)]
+pub(crate) enum Origin {
+    /// The object tier's copy under this key.
+    Object(String),
+    /// The upstream, through the digest's owner when another member owns it.
+    Cluster,
+    /// The upstream, from here: this member serves another member's request,
+    /// and never passes it on (two members that disagree on the owner would
+    /// send it around in a circle).
+    Upstream,
 }
 
 /// Progress of one upstream download, published to every follower.
@@ -61,8 +77,11 @@ pub struct DownloadStatus {
     pub digest: String,
     pub upstream: String,
     pub repo: String,
-    /// `upstream`, or `object` (a copy of another replica's object).
+    /// `upstream`, `object` (a copy of another replica's object) or `peer`
+    /// (streamed from the digest's owner).
     pub source: &'static str,
+    /// The owner streaming it, when `source` is `peer`.
+    pub peer: Option<u64>,
     /// `starting`, `running` or `done` (being made durable).
     pub state: &'static str,
     /// The blob's size, once announced.
@@ -76,6 +95,8 @@ pub(crate) struct Inflight {
     downloads: Mutex<HashMap<Digest, Arc<Download>>>,
     pub(crate) meta: Arc<Meta>,
     pub(crate) objects: Option<Arc<ObjectTier>>,
+    /// The other members, when this one is part of a cluster.
+    pub(crate) peers: Option<Arc<Peers>>,
 }
 
 /// What [`Inflight::join_or_start`] found.
@@ -90,11 +111,12 @@ pub(crate) enum Joined {
 }
 
 impl Inflight {
-    pub(crate) fn new(meta: Arc<Meta>, objects: Option<Arc<ObjectTier>>) -> Self {
+    pub(crate) fn new(meta: Arc<Meta>, objects: Option<Arc<ObjectTier>>, peers: Option<Arc<Peers>>) -> Self {
         Inflight {
             downloads: Mutex::new(HashMap::new()),
             meta,
             objects,
+            peers,
         }
     }
 
@@ -103,9 +125,7 @@ impl Inflight {
         self.lock().contains_key(digest)
     }
 
-    /// Joins the download of `digest`, or starts one: a copy of the object
-    /// tier's `object` when given, else a fetch from the upstream (teed into
-    /// the object tier). The disk check happens under the map's lock and a
+    /// Joins the download of `digest`, or starts one from `origin`. The disk check happens under the map's lock and a
     /// download is committed before it leaves the map, so no digest is ever
     /// fetched twice at once.
     pub(crate) fn join_or_start(
@@ -114,7 +134,7 @@ impl Inflight {
         upstream: &Upstream,
         repo: &RepoName,
         digest: &Digest,
-        object: Option<String>,
+        origin: Origin,
     ) -> Result<Joined, CacheError> {
         let mut downloads = self.lock();
         if let Some(d) = downloads.get(digest) {
@@ -141,7 +161,7 @@ impl Inflight {
             upstream: upstream.clone(),
             repo: repo.clone(),
             digest: digest.clone(),
-            object,
+            origin,
             progress: tx,
             recent,
         };
@@ -189,7 +209,12 @@ impl Download {
             repo: self.repo.to_string(),
             source: match from {
                 Some(BytesFrom::Object(_)) => "object",
+                Some(BytesFrom::Peer(_)) => "peer",
                 _ => "upstream",
+            },
+            peer: match from {
+                Some(BytesFrom::Peer(id)) => Some(id),
+                _ => None,
             },
             state,
             size,
@@ -198,23 +223,17 @@ impl Download {
         }
     }
 
-    /// Waits until the blob's total size is known. Also returns the object
-    /// key when the bytes come from the object tier: a range far ahead of
-    /// the download is better read from there directly.
-    pub(crate) async fn size(&self) -> Result<(u64, Option<Arc<str>>), CacheError> {
+    /// Waits until the blob's total size is known. Also returns where the
+    /// bytes come from: a range far ahead of a copy from the object tier is
+    /// better read from there directly.
+    pub(crate) async fn size(&self) -> Result<(u64, BytesFrom), CacheError> {
         self.until(|progress| match progress {
             Progress::Running {
                 size: Some(size),
                 from,
                 ..
             }
-            | Progress::Done { size, from } => {
-                let key = match from {
-                    BytesFrom::Object(key) => Some(Arc::clone(key)),
-                    BytesFrom::Upstream => None,
-                };
-                Some(Ok((*size, key)))
-            }
+            | Progress::Done { size, from } => Some(Ok((*size, from.clone()))),
             Progress::Failed(e) => Some(Err(CacheError::Download(Arc::clone(e)))),
             Progress::Starting | Progress::Running { size: None, .. } => None,
         })

@@ -15,6 +15,7 @@ mod manifest;
 mod object_read;
 mod object_streams;
 mod object_tier;
+mod peer_fetch;
 mod recent;
 mod telemetry;
 
@@ -25,6 +26,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use meta::{Meta, MetaError, TagKey};
 use oci::Digest;
+use peer::Peers;
 use store::{DiskStore, MemoryStore, StoreError};
 use upstream::{Upstream, UpstreamError};
 
@@ -52,6 +54,8 @@ pub enum Tier {
     Object,
     /// Joined a download another request started.
     Inflight,
+    /// Started a download the digest's owner (another member) streams.
+    Peer,
     Upstream,
     /// A tag served past its TTL because the upstream failed.
     Stale,
@@ -64,6 +68,7 @@ impl Tier {
             Tier::Disk => "disk",
             Tier::Object => "object",
             Tier::Inflight => "inflight",
+            Tier::Peer => "peer",
             Tier::Upstream => "upstream",
             Tier::Stale => "stale",
         }
@@ -147,10 +152,11 @@ impl Cache {
         disk: DiskStore,
         objects: Option<Arc<ObjectTier>>,
         meta: Arc<Meta>,
+        peers: Option<Arc<Peers>>,
         settings: CacheSettings,
     ) -> Self {
         Cache {
-            inflight: Arc::new(inflight::Inflight::new(Arc::clone(&meta), objects.clone())),
+            inflight: Arc::new(inflight::Inflight::new(Arc::clone(&meta), objects.clone(), peers)),
             object_streams: Arc::default(),
             memory,
             disk,
@@ -184,6 +190,12 @@ impl Cache {
     /// The downloads under way on this replica, by digest.
     pub fn downloads(&self) -> Vec<DownloadStatus> {
         self.inflight.statuses()
+    }
+
+    /// How this replica sees the other members as blob sources; `None`
+    /// outside a cluster.
+    pub fn peers(&self) -> Option<peer::PeersStatus> {
+        self.inflight.peers.as_ref().map(|p| p.status())
     }
 }
 

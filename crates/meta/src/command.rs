@@ -40,7 +40,14 @@ pub enum Command {
     TouchTags { tags: Vec<(TagKey, u64)> },
     /// Drops the tags not requested since `cutoff` (unix seconds).
     DropIdleTags { cutoff: u64 },
+    /// The key of the digest-ownership hash ([`OWNER_KEY_BYTES`] random
+    /// bytes), proposed by a leader that finds none; the first committed
+    /// stays, later ones are ignored.
+    SetOwnerKey { key: Vec<u8> },
 }
+
+/// Length of the ownership hash's key.
+pub const OWNER_KEY_BYTES: usize = 32;
 
 impl Command {
     /// Access times: coarse, so applied without an fsync (see
@@ -62,6 +69,7 @@ impl Command {
             Command::Swept { .. } => "swept",
             Command::TouchTags { .. } => "touch_tags",
             Command::DropIdleTags { .. } => "drop_idle_tags",
+            Command::SetOwnerKey { .. } => "set_owner_key",
         }
     }
 }

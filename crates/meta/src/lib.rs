@@ -44,6 +44,10 @@ pub(crate) use state::StateDb;
 pub use state_dump::SnapshotInfo;
 pub use status::{GroupStatus, MemberStatus};
 
+/// Every client of another member's cluster port dials it through this, so
+/// keepalives and timeouts (and later transport security) are one setting.
+pub use raft::peer_endpoint as cluster_endpoint;
+
 /// The client of the cluster port's Admin service, for `regcache cluster`.
 pub mod admin {
     pub use crate::raft::admin::{
@@ -137,12 +141,14 @@ impl Meta {
 
     /// Serves the cluster port on `listener` until `shutdown` resolves:
     /// Raft RPCs and forwarded proposals for peers, membership and status
-    /// for `regcache cluster`. The future owns what it serves; refused
+    /// for `regcache cluster`, and the `services` of other crates (blob
+    /// streaming between members). The future owns what it serves; refused
     /// offline, where there is no group.
     pub fn serve_cluster(
         &self,
         listener: tokio::net::TcpListener,
         gc: Option<Arc<dyn GcControl>>,
+        services: tonic::service::Routes,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<impl Future<Output = Result<(), MetaError>> + Send + 'static, MetaError> {
         let Order::Raft(group) = &self.order else {
@@ -152,6 +158,7 @@ impl Meta {
         let admin = raft::admin::AdminService::new(group.raft().clone(), gc).into_server();
         Ok(async move {
             tonic::transport::Server::builder()
+                .add_routes(services)
                 .add_service(raft)
                 .add_service(admin)
                 .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
@@ -165,6 +172,23 @@ impl Meta {
         match &self.order {
             Order::Raft(group) => Some(group.status()),
             Order::Offline(_) => None,
+        }
+    }
+
+    /// This member's node id; `None` offline.
+    pub fn node_id(&self) -> Option<u64> {
+        match &self.order {
+            Order::Raft(group) => Some(group.node_id()),
+            Order::Offline(_) => None,
+        }
+    }
+
+    /// The voting members and their cluster addresses, by id, as this
+    /// member last applied the membership; empty offline.
+    pub fn voters(&self) -> Vec<(u64, String)> {
+        match &self.order {
+            Order::Raft(group) => group.voters(),
+            Order::Offline(_) => Vec::new(),
         }
     }
 
@@ -188,6 +212,15 @@ impl Meta {
     /// by the commands it has not applied yet.
     pub fn tag(&self, key: &TagKey) -> Result<Option<TagRecord>, MetaError> {
         self.state.tag(key)
+    }
+
+    /// The key of the digest-ownership hash, once the group's first leader
+    /// set it; `None` before, and offline.
+    pub fn owner_key(&self) -> Option<Vec<u8>> {
+        match &self.order {
+            Order::Raft(_) => self.state.owner_key().ok().flatten(),
+            Order::Offline(_) => None,
+        }
     }
 
     /// The index entry as this replica last applied it (a follower may lag).

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use crate::gc;
 use crate::raft::{EntryPayload, LogEntry, LogId, Response, StoredMembership};
-use crate::tables::{self, ENTRIES, META, RAFT, TAGS, Totals};
+use crate::tables::{self, CLUSTER, ENTRIES, META, RAFT, TAGS, Totals};
 use crate::{Command, Entry, MetaError, TagKey, TagRecord};
 
 /// Counts for tools and the status page.
@@ -133,6 +133,12 @@ impl StateDb {
             | Command::GcCommit { .. }
             | Command::Swept { .. }
             | Command::DropIdleTags { .. } => Ok(()),
+            Command::SetOwnerKey { key } if key.len() == crate::command::OWNER_KEY_BYTES => Ok(()),
+            Command::SetOwnerKey { key } => Err(MetaError::Refused(format!(
+                "an owner key of {} bytes, not {}",
+                key.len(),
+                crate::command::OWNER_KEY_BYTES
+            ))),
         }
     }
 
@@ -218,6 +224,12 @@ impl StateDb {
         let stored = tables::tag_key(key)?;
         let txn = self.db.begin_read()?;
         tables::get_tag(&txn.open_table(TAGS)?, &stored)
+    }
+
+    /// The ownership hash's key, once a leader set it.
+    pub fn owner_key(&self) -> Result<Option<Vec<u8>>, MetaError> {
+        let txn = self.db.begin_read()?;
+        tables::owner_key(&txn.open_table(CLUSTER)?)
     }
 
     pub fn entry(&self, digest: &Digest) -> Result<Option<Entry>, MetaError> {
@@ -344,6 +356,7 @@ fn apply_in(txn: &WriteTransaction, index: u64, cmd: Option<&Command>) -> Result
         Command::GcCommit { epoch, max } => gc::commit(txn, &mut meta, *epoch, *max)?,
         Command::Swept { keys } => gc::swept(txn, keys)?,
         Command::DropIdleTags { cutoff } => gc::drop_idle_tags(txn, *cutoff)?,
+        Command::SetOwnerKey { key } => tables::set_owner_key_once(&mut txn.open_table(CLUSTER)?, key)?,
     }
     tables::set_last_applied(&mut meta, Some(index))
 }

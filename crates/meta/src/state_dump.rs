@@ -15,14 +15,16 @@ use tracing::info;
 
 use crate::gc::{self, GcPass};
 use crate::state::{RaftApplied, StateDb};
-use crate::tables::{self, CONDEMNED, ENTRIES, GC, META, RAFT, RESCUED, SWEEP, TAGS, Totals};
+use crate::tables::{self, CLUSTER, CONDEMNED, ENTRIES, GC, META, RAFT, RESCUED, SWEEP, TAGS, Totals};
 use crate::{Entry, MetaError, TagKey, TagRecord};
 
 /// Bumped when a line changes meaning, so an old member refuses a new format.
 /// 2: the header carries `raft`. 3: garbage collection's state follows the
 /// entries (a format-2 snapshot has none, and installs as no pass open).
-const FORMAT: u32 = 3;
-const READABLE_FORMATS: [u32; 2] = [2, 3];
+/// 4: the owner key follows the header, once set (older formats have none,
+/// and the leader sets one).
+const FORMAT: u32 = 4;
+const READABLE_FORMATS: [u32; 3] = [2, 3, 4];
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -31,6 +33,9 @@ enum Line {
         format: u32,
         last_applied: Option<u64>,
         raft: RaftApplied,
+    },
+    OwnerKey {
+        key: Vec<u8>,
     },
     Tag {
         key: TagKey,
@@ -89,6 +94,9 @@ impl StateDb {
                 raft: raft.clone(),
             },
         )?;
+        if let Some(key) = tables::owner_key(&txn.open_table(CLUSTER)?)? {
+            write_line(&mut out, &Line::OwnerKey { key })?;
+        }
         let mut tags = 0;
         for item in txn.open_table(TAGS)?.range::<&str>(..)? {
             let (key, value) = item?;
@@ -149,6 +157,7 @@ impl StateDb {
             let mut entry_table = txn.open_table(ENTRIES)?;
             let mut meta = txn.open_table(META)?;
             let mut raft_table = txn.open_table(RAFT)?;
+            let mut cluster = txn.open_table(CLUSTER)?;
             let mut totals = Totals::default();
             let mut header = None;
             let mut end = None;
@@ -195,6 +204,12 @@ impl StateDb {
                             return Err(invalid("duplicate entry"));
                         }
                         totals.add(&entry);
+                    }
+                    (Line::OwnerKey { key }, true) => {
+                        if tables::owner_key(&cluster)?.is_some() {
+                            return Err(invalid("second owner key"));
+                        }
+                        tables::set_owner_key_once(&mut cluster, &key)?;
                     }
                     (Line::Gc { state }, true) => gc::set_state(&mut gc_table, &state)?,
                     (Line::Condemned { digest }, true) => {

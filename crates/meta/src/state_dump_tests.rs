@@ -35,6 +35,7 @@ fn populated(path: &Path) -> StateDb {
         Command::Touch {
             accesses: vec![(digest(10), 8)],
         },
+        Command::SetOwnerKey { key: vec![7; 32] },
     ];
     for (index, cmd) in (10..).zip(&cmds) {
         sm.apply(index, cmd).expect("apply");
@@ -52,7 +53,7 @@ fn snapshot_installs_into_a_fresh_store_as_equal_state() {
     let info = target
         .install_snapshot_then(bytes.as_slice(), |_| Ok(()))
         .unwrap();
-    assert_eq!((info.last_applied, info.tags, info.entries), (Some(16), 2, 2));
+    assert_eq!((info.last_applied, info.tags, info.entries), (Some(17), 2, 2));
 
     assert_eq!(target.stats().unwrap(), source.stats().unwrap());
     assert_eq!(dump(&target), bytes, "a re-dump is byte-identical");
@@ -60,17 +61,18 @@ fn snapshot_installs_into_a_fresh_store_as_equal_state() {
     assert_eq!(target.tag(&k).unwrap(), Some(record(1, 5)));
     assert_eq!(target.entry(&digest(10)).unwrap().unwrap().last_access, 8);
     assert_eq!(target.entry(&digest(11)).unwrap(), None);
+    assert_eq!(target.owner_key().unwrap(), Some(vec![7; 32]));
 
     // Applying continues after the snapshot's index, not before it.
     let old = Command::Touch { accesses: vec![] };
     assert!(matches!(
-        target.apply(16, &old),
+        target.apply(17, &old),
         Err(MetaError::IndexNotAfterLastApplied {
-            index: 16,
-            last_applied: 16
+            index: 17,
+            last_applied: 17
         })
     ));
-    target.apply(17, &old).unwrap();
+    target.apply(18, &old).unwrap();
 }
 
 #[test]
@@ -83,6 +85,21 @@ fn install_replaces_existing_state() {
     assert_eq!(full.stats().unwrap(), empty.stats().unwrap());
     assert_eq!(full.last_applied().unwrap(), None);
     assert!(full.tags_of("docker.io", "library/alpine").unwrap().is_empty());
+    assert_eq!(full.owner_key().unwrap(), None);
+}
+
+#[test]
+fn the_first_owner_key_stays_and_a_malformed_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDb::open(&dir.path().join("s.redb")).unwrap();
+    assert_eq!(state.owner_key().unwrap(), None);
+    state.apply(1, &Command::SetOwnerKey { key: vec![1; 32] }).unwrap();
+    state.apply(2, &Command::SetOwnerKey { key: vec![2; 32] }).unwrap();
+    assert_eq!(state.owner_key().unwrap(), Some(vec![1; 32]));
+    assert!(matches!(
+        StateDb::validate(&Command::SetOwnerKey { key: vec![3; 4] }),
+        Err(MetaError::Refused(_))
+    ));
 }
 
 #[test]

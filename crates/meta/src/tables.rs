@@ -32,6 +32,10 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 /// the state it describes: `"applied"` -> JSON `RaftApplied`.
 pub(crate) const RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft");
 
+/// The group's own settings: `"owner_key"` -> the key of the ownership hash
+/// (crates/peer), set once by the first leader.
+pub(crate) const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
+
 /// Calls `$txn.$method(TABLE)?` for every table of the state: the one list
 /// of them, so a table added above is created, cleared and replaced by a
 /// snapshot alike.
@@ -45,6 +49,7 @@ macro_rules! every_table {
         $txn.$method(SWEEP)?;
         $txn.$method(META)?;
         $txn.$method(RAFT)?;
+        $txn.$method(CLUSTER)?;
     }};
 }
 
@@ -60,6 +65,7 @@ pub(crate) fn delete_all(txn: &WriteTransaction) -> Result<(), MetaError> {
     Ok(())
 }
 
+const OWNER_KEY: &str = "owner_key";
 const LAST_APPLIED: &str = "last_applied";
 const MANIFESTS: &str = "manifests";
 const MANIFEST_BYTES: &str = "manifest_bytes";
@@ -277,6 +283,23 @@ impl Totals {
             EntryKind::Blob => (&mut self.blobs, &mut self.blob_bytes),
         }
     }
+}
+
+pub(crate) fn owner_key(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<Vec<u8>>, MetaError> {
+    Ok(table.get(OWNER_KEY)?.map(|v| v.value().to_vec()))
+}
+
+/// Sets the owner key unless one is set: the first committed wins.
+pub(crate) fn set_owner_key_once(
+    table: &mut Table<&'static str, &'static [u8]>,
+    key: &[u8],
+) -> Result<(), MetaError> {
+    if table.get(OWNER_KEY)?.is_none() {
+        table.insert(OWNER_KEY, key)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

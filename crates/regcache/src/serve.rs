@@ -10,7 +10,7 @@ use cache::{Cache, CacheSettings, Collector, ObjectTier, Remote};
 use meta::Meta;
 use metrics_exporter_prometheus::PrometheusHandle;
 use objstore::{FsStore, ObjectStore, S3Store};
-use server::{AppState, Routes};
+use server::{AppState, PeerBlobs, Routes};
 use store::{DiskStore, MemoryStore};
 use tokio::sync::oneshot;
 use tracing::info;
@@ -32,7 +32,19 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         max_manifest_bytes: config.cache.max_manifest_bytes,
     };
     let objects = object_tier(&config.storage).await?;
-    let cache = Arc::new(Cache::new(memory, disk, objects, Arc::clone(&meta), settings));
+    // Members of a cluster fetch each blob once for all of them.
+    let peers = config
+        .cluster
+        .listen
+        .map(|_| Arc::new(peer::Peers::new(Arc::clone(&meta))));
+    let cache = Arc::new(Cache::new(
+        memory,
+        disk,
+        objects,
+        Arc::clone(&meta),
+        peers,
+        settings,
+    ));
     cache.trim_disk().await;
     let (collector, collecting) = Collector::spawn(&cache, config.gc);
 
@@ -43,8 +55,10 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         let tag_ttl = entry.tag_ttl.unwrap_or(config.cache.tag_ttl);
         sources.push(Remote { upstream, tag_ttl });
     }
-    let routes = Routes::new(sources, &config.default_upstream)
-        .with_context(|| format!("default upstream {} is not configured", config.default_upstream))?;
+    let routes = Arc::new(
+        Routes::new(sources, &config.default_upstream)
+            .with_context(|| format!("default upstream {} is not configured", config.default_upstream))?,
+    );
 
     let (stop_peers, peers_stopped) = oneshot::channel();
     let peer_server = match config.cluster.listen {
@@ -52,10 +66,15 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the cluster port {addr}"))?;
+            let blobs = PeerBlobs {
+                cache: Arc::clone(&cache),
+                routes: Arc::clone(&routes),
+            };
             Some(serve_peers(
                 listener,
                 &meta,
                 Arc::clone(&collector),
+                blobs,
                 peers_stopped,
             )?)
         }
@@ -64,7 +83,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     let flusher = meta.spawn_access_flusher(meta::ACCESS_FLUSH_INTERVAL);
     let state = AppState {
         cache: Arc::clone(&cache),
-        routes: Arc::new(routes),
+        routes,
         meta: Arc::clone(&meta),
         metrics,
         gc: Arc::clone(&collector) as Arc<dyn meta::GcControl>,
@@ -135,14 +154,17 @@ async fn start_meta(config: &Config) -> anyhow::Result<Meta> {
 }
 
 /// Serves the cluster port until `stop`: Raft and forwarded proposals for
-/// the other members, membership and status for `regcache cluster`.
+/// the other members, membership and status for `regcache cluster`, and
+/// blobs for the members that miss what this one owns.
 fn serve_peers(
     listener: tokio::net::TcpListener,
     meta: &Meta,
     collector: Arc<Collector>,
+    blobs: PeerBlobs,
     stop: oneshot::Receiver<()>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let serving = meta.serve_cluster(listener, Some(collector), async {
+    let services = tonic::service::Routes::new(peer::service(Arc::new(blobs)));
+    let serving = meta.serve_cluster(listener, Some(collector), services, async {
         let _ = stop.await;
     })?;
     Ok(tokio::spawn(async move {

@@ -86,6 +86,7 @@ pub async fn status(State(state): State<AppState>) -> Response {
                 "upstream": d.upstream,
                 "repo": d.repo,
                 "source": d.source,
+                "peer": d.peer,
                 "state": d.state,
                 "size": d.size,
                 "written": d.written,
@@ -93,8 +94,17 @@ pub async fn status(State(state): State<AppState>) -> Response {
             })
         })
         .collect();
+    let peers = state.cache.peers().map(|p| {
+        let paused: Vec<serde_json::Value> = p
+            .paused
+            .iter()
+            .map(|(id, why, seconds)| serde_json::json!({ "id": id, "why": why, "seconds": seconds }))
+            .collect();
+        serde_json::json!({ "owner_key": p.owner_key, "paused": paused })
+    });
     let body = serde_json::json!({
         "raft": state.meta.status(),
+        "peers": peers,
         "gc": gc,
         "downloads": downloads,
         "index": {

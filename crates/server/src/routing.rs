@@ -63,6 +63,11 @@ impl Routes {
         Some(Routes { sources, default })
     }
 
+    /// The upstream configured under `name`.
+    pub fn by_name(&self, name: &str) -> Option<Arc<Remote>> {
+        self.sources.get(name).cloned()
+    }
+
     /// Picks the upstream: containerd's `ns` query parameter, else a first
     /// path component naming a configured upstream (the path-prefix form of
     /// podman/CRI-O mirrors), else the default. Unknown `ns` values are

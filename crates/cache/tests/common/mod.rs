@@ -62,7 +62,7 @@ pub fn cache_with(disk: DiskStore, objects: Option<Arc<ObjectTier>>, meta: Arc<M
         max_stale: Duration::from_secs(60),
         max_manifest_bytes: 1 << 20,
     };
-    Cache::new(MemoryStore::new(1 << 20, 0), disk, objects, meta, settings)
+    Cache::new(MemoryStore::new(1 << 20, 0), disk, objects, meta, None, settings)
 }
 
 /// The upstream at `url` as docker.io.

@@ -7,6 +7,7 @@
 mod bootstrap;
 mod hand_over;
 mod observer;
+mod owner_key;
 mod propose;
 mod settings;
 
@@ -87,11 +88,14 @@ impl Group {
         }
         let service = RaftService::new(raft.clone(), &dir.join("incoming")).map_err(MetaError::SnapshotIo)?;
         let last_writable = LastWritable::now();
-        let mut tasks = vec![tokio::spawn(observer::observe(
-            raft.clone(),
-            last_writable.clone(),
-            FAIL_FAST_AFTER,
-        ))];
+        let mut tasks = vec![
+            tokio::spawn(observer::observe(
+                raft.clone(),
+                last_writable.clone(),
+                FAIL_FAST_AFTER,
+            )),
+            tokio::spawn(owner_key::ensure(raft.clone(), Arc::clone(&state))),
+        ];
         if !initialized {
             let settings = settings.clone();
             tasks.push(tokio::spawn(bootstrap::bootstrap(
@@ -127,6 +131,23 @@ impl Group {
     /// This member's view of the group.
     pub(crate) fn status(&self) -> GroupStatus {
         GroupStatus::of(&self.raft)
+    }
+
+    pub(crate) fn node_id(&self) -> u64 {
+        self.raft.metrics().borrow_watched().id
+    }
+
+    /// The voters and their addresses, by id.
+    pub(crate) fn voters(&self) -> Vec<(u64, String)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        let mut voters: Vec<(u64, String)> = membership
+            .voter_ids()
+            .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
+            .collect();
+        voters.sort_unstable_by_key(|(id, _)| *id);
+        voters
     }
 
     /// Whether this member is the group's leader right now.

@@ -20,7 +20,7 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The endpoint of the cluster port at `addr` (`host:port`); connect it
 /// lazily (it then reconnects by itself) or at once.
-pub(crate) fn peer_endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+pub fn peer_endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         // Notices a peer that vanished mid-stream (e.g. during a long

@@ -41,7 +41,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use channel::{peer_endpoint, raft_client};
+pub use channel::peer_endpoint;
+pub(crate) use channel::raft_client;
 pub use log_store::LogStore;
 pub use network::GrpcNetwork;
 pub use service::RaftService;

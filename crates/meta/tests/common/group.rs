@@ -30,7 +30,12 @@ pub async fn member(dir: &Path, id: u64, peers: &BTreeMap<u64, String>, listener
     };
     let meta = start(dir, &settings).await;
     let serving = meta
-        .serve_cluster(listener, None, std::future::pending())
+        .serve_cluster(
+            listener,
+            None,
+            tonic::service::Routes::default(),
+            std::future::pending(),
+        )
         .expect("a raft group");
     tokio::spawn(async move { serving.await.expect("serving the cluster port") });
     meta
