@@ -93,8 +93,12 @@ fn the_first_owner_key_stays_and_a_malformed_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let state = StateDb::open(&dir.path().join("s.redb")).unwrap();
     assert_eq!(state.owner_key().unwrap(), None);
-    state.apply(1, &Command::SetOwnerKey { key: vec![1; 32] }).unwrap();
-    state.apply(2, &Command::SetOwnerKey { key: vec![2; 32] }).unwrap();
+    state
+        .apply(1, &Command::SetOwnerKey { key: vec![1; 32] })
+        .unwrap();
+    state
+        .apply(2, &Command::SetOwnerKey { key: vec![2; 32] })
+        .unwrap();
     assert_eq!(state.owner_key().unwrap(), Some(vec![1; 32]));
     assert!(matches!(
         StateDb::validate(&Command::SetOwnerKey { key: vec![3; 4] }),

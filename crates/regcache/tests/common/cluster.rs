@@ -36,15 +36,27 @@ impl Cluster {
         let shared = tempfile::tempdir().expect("shared dir");
         let objects = shared.path().join("objects");
         let text = format!("{toml}\n[storage]\nkind = \"fs\"\npath = {objects:?}\n");
-        Self::launch(upstream_url, n, shared, &text, extra, Vec::new())
+        Self::launch(upstream_url, n, shared, &text, extra, Vec::new(), &[])
     }
 
     /// [`Cluster::start_with_config`] with the object tier in `s3`'s bucket.
     pub fn start_on_s3(upstream_url: &str, n: u64, toml: &str, s3: &testkit::S3Server) -> Cluster {
+        Self::start_on_s3_except(upstream_url, n, toml, s3, &[])
+    }
+
+    /// [`Cluster::start_on_s3`] with the members in `absent` listed as peers
+    /// but not started: the test runs them itself, at [`Cluster::cluster_addr`].
+    pub fn start_on_s3_except(
+        upstream_url: &str,
+        n: u64,
+        toml: &str,
+        s3: &testkit::S3Server,
+        absent: &[u64],
+    ) -> Cluster {
         let shared = tempfile::tempdir().expect("shared dir");
         let args = super::s3_args(s3);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Self::launch(upstream_url, n, shared, toml, &args, s3.env())
+        Self::launch(upstream_url, n, shared, toml, &args, s3.env(), absent)
     }
 
     fn launch(
@@ -54,6 +66,7 @@ impl Cluster {
         text: &str,
         extra: &[&str],
         env: Vec<(&'static str, String)>,
+        absent: &[u64],
     ) -> Cluster {
         let config = shared.path().join("regcache.toml");
         std::fs::write(&config, text).expect("config");
@@ -68,7 +81,7 @@ impl Cluster {
             env,
             _shared: shared,
         };
-        for id in 1..=n {
+        for id in (1..=n).filter(|id| !absent.contains(id)) {
             cluster.start_member(id);
         }
         cluster
