@@ -5,7 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(["peer.proto"], ["../../proto"])?;
     tonic_prost_build::configure()
         // Blob chunks as `Bytes`: handed on without a copy.
-        .bytes(".regcache.peer.v1.BlobChunk")
+        .bytes(".regcache.peer.v1")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -11,7 +11,7 @@ use crate::body::{counted, file_range, kept_recent};
 use crate::disk_fill::DiskFill;
 use crate::inflight::{BytesFrom, Joined, Origin};
 use crate::object_read::{self, Check};
-use crate::{Body, Cache, CacheError, Remote, Tier};
+use crate::{Body, Cache, CacheError, Remote, Tier, Via};
 
 /// A range starting this far past what a copy from the object tier has
 /// written is read from the object tier directly instead of waiting.
@@ -35,9 +35,7 @@ impl Cache {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<BlobHit, CacheError> {
-        let hit = self
-            .blob_from_tiers(src, repo, digest, range, Origin::Cluster)
-            .await?;
+        let hit = self.blob_from_tiers(src, repo, digest, range, Via::Owner).await?;
         self.meta.record_access(digest);
         crate::telemetry::request("blob", hit.tier);
         let body = kept_recent(hit.body, Arc::clone(&self.meta), digest.clone());
@@ -59,18 +57,18 @@ impl Cache {
         offset: u64,
     ) -> Result<BlobHit, CacheError> {
         let range = (offset > 0).then_some(ByteRange::From(offset));
-        self.blob_from_tiers(src, repo, digest, range, Origin::Upstream)
+        self.blob_from_tiers(src, repo, digest, range, Via::Upstream)
             .await
     }
 
-    /// `misses` is where a download started here gets the bytes.
+    /// `via`: how a download started here reaches the upstream.
     async fn blob_from_tiers(
         &self,
         src: &Remote,
         repo: &RepoName,
         digest: &Digest,
         range: Option<ByteRange>,
-        misses: Origin,
+        via: Via,
     ) -> Result<BlobHit, CacheError> {
         if let Some(object) = self.memory.get(digest).await {
             self.disk.touch(digest);
@@ -91,7 +89,7 @@ impl Cache {
             {
                 return Ok(hit);
             }
-            let origin = streaming.map_or_else(|| misses.clone(), Origin::Object);
+            let origin = streaming.map_or(Origin::Upstream(via), Origin::Object);
             let joined = self
                 .inflight
                 .join_or_start(&self.disk, &src.upstream, repo, digest, origin)?;

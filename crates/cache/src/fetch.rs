@@ -20,7 +20,7 @@ use upstream::Upstream;
 use crate::inflight::{BytesFrom, Inflight, Origin, Progress};
 use crate::object_tier::{ObjectTier, count_unstored};
 use crate::recent::RecentChunks;
-use crate::{CacheError, forget_evicted, unix_now};
+use crate::{CacheError, Via, forget_evicted, unix_now};
 
 /// Chunks are batched up to this size: fewer trips to the blocking pool.
 const WRITE_BATCH: u64 = 256 * 1024;
@@ -112,7 +112,7 @@ impl Fetch {
         if let (Some(objects), Origin::Object(hint)) = (objects, &self.origin) {
             return self.copy_object(writer, objects, hint).await;
         }
-        if let Origin::Cluster = self.origin
+        if let Origin::Upstream(Via::Owner) = self.origin
             && let Some(from_owner) = self.copy_from_owner(&mut writer).await?
         {
             return self.owner_verified(writer, from_owner).await;

@@ -14,7 +14,7 @@ use upstream::Upstream;
 use crate::fetch::Fetch;
 use crate::object_tier::ObjectTier;
 use crate::recent::RecentChunks;
-use crate::{BodyStream, CacheError, body};
+use crate::{BodyStream, CacheError, Via, body};
 
 /// Where a download's bytes come from.
 #[derive(Clone, Debug)]
@@ -31,12 +31,7 @@ pub(crate) enum BytesFrom {
 pub(crate) enum Origin {
     /// The object tier's copy under this key.
     Object(String),
-    /// The upstream, through the digest's owner when another member owns it.
-    Cluster,
-    /// The upstream, from here: this member serves another member's request,
-    /// and never passes it on (two members that disagree on the owner would
-    /// send it around in a circle).
-    Upstream,
+    Upstream(Via),
 }
 
 /// Progress of one upstream download, published to every follower.

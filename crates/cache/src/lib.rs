@@ -16,6 +16,7 @@ mod object_read;
 mod object_streams;
 mod object_tier;
 mod peer_fetch;
+mod peer_manifest;
 mod recent;
 mod telemetry;
 
@@ -45,6 +46,17 @@ pub enum Body {
     Stream(BodyStream),
 }
 
+/// How a miss reaches the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// Through the member that owns what is missed, when that is another.
+    Owner,
+    /// From here: this member serves another member's request, and never
+    /// passes it on (two members that disagree on an owner would send it
+    /// around in a circle).
+    Upstream,
+}
+
 /// Which tier answered, for metrics and the request log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
@@ -54,7 +66,8 @@ pub enum Tier {
     Object,
     /// Joined a download another request started.
     Inflight,
-    /// Started a download the digest's owner (another member) streams.
+    /// Answered by the owner (another member): a manifest, or a download
+    /// it streams.
     Peer,
     Upstream,
     /// A tag served past its TTL because the upstream failed.

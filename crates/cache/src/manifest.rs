@@ -7,7 +7,7 @@ use tokio::io::AsyncReadExt;
 use tracing::warn;
 use upstream::FetchedManifest;
 
-use crate::{Cache, CacheError, Remote, Tier, forget_evicted, unix_now};
+use crate::{Cache, CacheError, Remote, Tier, Via, forget_evicted, unix_now};
 
 /// A manifest ready to send, with the exact bytes and media type the
 /// upstream gave (never re-serialized, so its digest holds).
@@ -29,10 +29,7 @@ impl Cache {
         reference: &Reference,
         accept: &[&str],
     ) -> Result<ManifestHit, CacheError> {
-        let hit = match reference {
-            Reference::Digest(digest) => self.manifest_by_digest(src, repo, digest).await?,
-            Reference::Tag(tag) => self.manifest_by_tag(src, repo, tag).await?,
-        };
+        let hit = self.manifest_via(src, repo, reference, Via::Owner).await?;
         self.meta.record_access(&hit.digest);
         crate::telemetry::request("manifest", hit.tier);
         if !media_types::accepts(accept.iter().copied(), &hit.media_type) {
@@ -43,12 +40,38 @@ impl Cache {
         Ok(hit)
     }
 
+    /// Serves a manifest to another member that asked this one, its owner:
+    /// never through a third member. Not counted as an access: the asking
+    /// member notes its clients' accesses.
+    pub async fn manifest_for_peer(
+        &self,
+        src: &Remote,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestHit, CacheError> {
+        self.manifest_via(src, repo, reference, Via::Upstream).await
+    }
+
+    async fn manifest_via(
+        &self,
+        src: &Remote,
+        repo: &RepoName,
+        reference: &Reference,
+        via: Via,
+    ) -> Result<ManifestHit, CacheError> {
+        match reference {
+            Reference::Digest(digest) => self.manifest_by_digest(src, repo, digest, via).await,
+            Reference::Tag(tag) => self.manifest_by_tag(src, repo, tag, via).await,
+        }
+    }
+
     /// Manifests by digest are immutable: once stored, never asked upstream again.
     async fn manifest_by_digest(
         &self,
         src: &Remote,
         repo: &RepoName,
         digest: &Digest,
+        via: Via,
     ) -> Result<ManifestHit, CacheError> {
         if let Some(hit) = self.stored_manifest(digest).await? {
             return Ok(hit);
@@ -58,6 +81,13 @@ impl Cache {
             return Ok(hit);
         }
         let reference = Reference::Digest(digest.clone());
+        if via == Via::Owner
+            && let Some(hit) = self
+                .manifest_from_owner(src, repo, &reference, digest.to_string().as_bytes())
+                .await?
+        {
+            return Ok(hit);
+        }
         let fetched = self.fetch_manifest(src, repo, &reference).await?;
         verify(src, digest, &fetched.bytes)?;
         self.store_manifest(digest, fetched.bytes, &fetched.media_type)
@@ -139,7 +169,7 @@ impl Cache {
         }
         let media_type = entry.and_then(|e| e.media_type);
         let hit = self
-            .keep_manifest(digest, bytes, media_type.as_deref(), Some(key))
+            .keep_manifest(digest, bytes, media_type.as_deref(), Some(key), true)
             .await?;
         Ok(Some(ManifestHit {
             tier: Tier::Object,
@@ -162,18 +192,20 @@ impl Cache {
             }
             None => None,
         };
-        self.keep_manifest(digest, bytes, Some(content_type), object_key)
+        self.keep_manifest(digest, bytes, Some(content_type), object_key, true)
             .await
     }
 
-    /// Writes a verified manifest to disk and memory and records it in the
-    /// index (with the object key holding it, if any).
-    async fn keep_manifest(
+    /// Writes a verified manifest to disk and memory and, with `record`,
+    /// records it in the index (with the object key holding it, if any);
+    /// without, its owner did.
+    pub(crate) async fn keep_manifest(
         &self,
         digest: &Digest,
         bytes: Bytes,
         content_type: Option<&str>,
         object_key: Option<String>,
+        record: bool,
     ) -> Result<ManifestHit, CacheError> {
         let info =
             parse_manifest(content_type, &bytes).map_err(|e| CacheError::ManifestInvalid(e.to_string()))?;
@@ -185,6 +217,16 @@ impl Cache {
             media_type: Some(info.media_type.clone()),
         };
         self.memory.insert(digest.clone(), object).await;
+        let hit = ManifestHit {
+            digest: digest.clone(),
+            media_type: info.media_type.clone(),
+            bytes,
+            tier: Tier::Upstream,
+        };
+        if !record {
+            forget_evicted(&self.meta, committed.evicted).await;
+            return Ok(hit);
+        }
         let entry = Entry::manifest(
             committed.size,
             info.media_type.clone(),
@@ -204,23 +246,20 @@ impl Cache {
             warn!(digest = %digest, error = %e, "recording manifest in the index failed");
         }
         forget_evicted(&self.meta, committed.evicted).await;
-        Ok(ManifestHit {
-            digest: digest.clone(),
-            media_type: info.media_type,
-            bytes,
-            tier: Tier::Upstream,
-        })
+        Ok(hit)
     }
 
     /// Serves a tag's manifest from its record while fresh; past the TTL,
     /// revalidates with a HEAD (free on Docker Hub) and fetches only a
     /// changed digest; serves the old digest while the upstream fails, for
-    /// up to `max_stale`. One revalidation per tag at a time.
+    /// up to `max_stale`. One revalidation per tag at a time on this member,
+    /// and with `Via::Owner`, in the cluster: the tag's owner revalidates.
     async fn manifest_by_tag(
         &self,
         src: &Remote,
         repo: &RepoName,
         tag: &Tag,
+        via: Via,
     ) -> Result<ManifestHit, CacheError> {
         let key = TagKey {
             upstream: src.upstream.name().to_owned(),
@@ -231,14 +270,21 @@ impl Cache {
         let ttl_ms = src.tag_ttl.as_millis() as u64;
         let fresh = |r: &TagRecord| unix_now().as_millis() as u64 <= r.checked_at_ms.saturating_add(ttl_ms);
         if let Some(record) = self.meta.tag(&key)?.filter(fresh) {
-            return self.manifest_by_digest(src, repo, &record.digest).await;
+            return self.manifest_by_digest(src, repo, &record.digest, via).await;
         }
         let _revalidating = self.tag_locks.lock(&key).await;
         let record = self.meta.tag(&key)?;
         if let Some(record) = record.as_ref().filter(|r| fresh(r)) {
-            return self.manifest_by_digest(src, repo, &record.digest).await;
+            return self.manifest_by_digest(src, repo, &record.digest, via).await;
         }
-        let error = match self.revalidate(src, repo, tag, &key, record.is_some()).await {
+        if via == Via::Owner
+            && let Some(hit) = self
+                .manifest_from_owner(src, repo, &Reference::Tag(tag.clone()), &tag_subject(&key))
+                .await?
+        {
+            return Ok(hit);
+        }
+        let error = match self.revalidate(src, repo, tag, &key, record.is_some(), via).await {
             Ok(hit) => return Ok(hit),
             Err(e) => e,
         };
@@ -249,7 +295,7 @@ impl Cache {
             (CacheError::Upstream(e), Some(record)) if e.is_unavailable() => {
                 warn!(upstream = src.upstream.name(), repo = %repo, tag = %tag, error = %e, "serving stale tag");
                 crate::telemetry::stale_tag_served(&key.upstream);
-                let hit = self.manifest_by_digest(src, repo, &record.digest).await?;
+                let hit = self.manifest_by_digest(src, repo, &record.digest, via).await?;
                 Ok(ManifestHit {
                     tier: Tier::Stale,
                     ..hit
@@ -266,6 +312,7 @@ impl Cache {
         tag: &Tag,
         key: &TagKey,
         known: bool,
+        via: Via,
     ) -> Result<ManifestHit, CacheError> {
         let reference = Reference::Tag(tag.clone());
         // With an object tier, another replica may hold the manifest already:
@@ -276,7 +323,7 @@ impl Cache {
                 .head_manifest(repo, &reference, media_types::ALL_MANIFESTS)
                 .await?;
             if let Some(digest) = head.digest {
-                let hit = self.manifest_by_digest(src, repo, &digest).await?;
+                let hit = self.manifest_by_digest(src, repo, &digest, via).await?;
                 self.set_tag(key, &hit).await;
                 return Ok(hit);
             }
@@ -333,6 +380,12 @@ impl Cache {
             warn!(upstream = key.upstream, repo = key.repo, tag = key.tag, error = %e, "recording tag failed");
         }
     }
+}
+
+/// What a tag's owner is ranked by: its key, with the separators the index
+/// uses (no part contains a NUL).
+fn tag_subject(key: &TagKey) -> Vec<u8> {
+    format!("{}\0{}\0{}", key.upstream, key.repo, key.tag).into_bytes()
 }
 
 /// Checks manifest bytes against the digest they were asked or announced by.

@@ -37,7 +37,7 @@ impl Fetch {
         let Some(peers) = &self.inflight.peers else {
             return Ok(None);
         };
-        let Some(owner) = peers.owner_of(&self.digest) else {
+        let Some(owner) = peers.owner_of(self.digest.to_string().as_bytes()) else {
             return Ok(None);
         };
         let blob = peers

@@ -1,4 +1,5 @@
-//! The asking side: who owns a digest, and its blob streamed from there.
+//! The asking side: who owns a digest or a tag, and the blob or manifest
+//! from there.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -7,19 +8,20 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt as _};
 use meta::Meta;
-use oci::{Digest, RepoName};
+use oci::{Digest, Reference, RepoName};
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::pb::blob_chunk::Part;
 use crate::pb::peer_client::PeerClient;
-use crate::pb::{BlobChunk, FetchBlobRequest};
-use crate::{MAX_MESSAGE_BYTES, owners, telemetry};
+use crate::pb::{BlobChunk, FetchBlobRequest, FetchManifestRequest};
+use crate::{MAX_MESSAGE_BYTES, ManifestReply, owners, telemetry};
 
-/// How long the owner may take to announce the size (it may be waiting for
-/// its upstream's response headers) before this member fetches itself.
-pub const FIRST_CHUNK_WAIT: Duration = Duration::from_secs(5);
+/// How long the owner may take to answer: to announce a blob's size (it may
+/// be waiting for its upstream's response headers) or to send a manifest,
+/// before this member fetches from the upstream itself.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// How long the owner may go quiet mid-stream.
 const IDLE_WAIT: Duration = Duration::from_secs(30);
 /// A member that could not be reached is not asked again for this long;
@@ -78,7 +80,7 @@ impl PeerError {
             Code::NotFound => PeerError::NotFound { id },
             Code::DeadlineExceeded => PeerError::Timeout {
                 id,
-                waited: FIRST_CHUNK_WAIT,
+                waited: ANSWER_WAIT,
             },
             _ => PeerError::Refused { id, message },
         }
@@ -114,11 +116,12 @@ impl Peers {
         }
     }
 
-    /// The member to ask for `digest`, or `None` when this member owns it:
-    /// the first member of the digest's ranking that is not paused. `None`
-    /// too while the group has no owner key yet (just formed) or this
-    /// member is not a voter.
-    pub fn owner_of(&self, digest: &Digest) -> Option<Owner> {
+    /// The member to ask for `subject` (a digest, or a tag's
+    /// `upstream/repo:tag`), or `None` when this member owns it: the first
+    /// member of the subject's ranking that is not paused. `None` too while
+    /// the group has no owner key yet (just formed) or this member is not a
+    /// voter.
+    pub fn owner_of(&self, subject: &[u8]) -> Option<Owner> {
         let me = self.meta.node_id()?;
         let key = self.meta.owner_key()?;
         let voters = self.meta.voters();
@@ -127,7 +130,7 @@ impl Peers {
         }
         let ids: Vec<u64> = voters.iter().map(|(id, _)| *id).collect();
         let paused = self.paused();
-        let first = owners::ranked(&key, digest.to_string().as_bytes(), &ids)
+        let first = owners::ranked(&key, subject, &ids)
             .into_iter()
             .find(|id| *id == me || !paused.contains_key(id))?;
         if first == me {
@@ -152,7 +155,7 @@ impl Peers {
     }
 
     /// Asks `owner` for the blob from `offset` on. Returns once the owner
-    /// announced the size, within [`FIRST_CHUNK_WAIT`].
+    /// announced the size, within [`ANSWER_WAIT`].
     pub async fn fetch_blob(
         &self,
         owner: &Owner,
@@ -163,16 +166,14 @@ impl Peers {
     ) -> Result<PeerBlob, PeerError> {
         telemetry::asked();
         let id = owner.id;
-        let mut client = PeerClient::new(self.channel(owner)?)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut client = self.client(owner)?;
         let request = FetchBlobRequest {
             upstream: upstream.to_owned(),
             repo: repo.to_string(),
             digest: digest.to_string(),
             offset,
         };
-        let opened = tokio::time::timeout(FIRST_CHUNK_WAIT, async {
+        let opened = tokio::time::timeout(ANSWER_WAIT, async {
             let mut stream = client.fetch_blob(request).await?.into_inner();
             let first = stream.message().await?;
             Ok::<_, Status>((stream, first))
@@ -182,7 +183,7 @@ impl Peers {
             Err(_) => {
                 return Err(PeerError::Timeout {
                     id,
-                    waited: FIRST_CHUNK_WAIT,
+                    waited: ANSWER_WAIT,
                 });
             }
             Ok(Err(status)) => return Err(PeerError::from_status(id, &status)),
@@ -206,6 +207,46 @@ impl Peers {
         Ok(PeerBlob {
             size,
             body: bounded_body(id, stream, size - offset),
+        })
+    }
+
+    /// Asks `owner` for a manifest by tag or digest; the answer's bytes are
+    /// unchecked: the caller verifies them against the digest.
+    pub async fn fetch_manifest(
+        &self,
+        owner: &Owner,
+        upstream: &str,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestReply, PeerError> {
+        telemetry::asked();
+        let id = owner.id;
+        let request = FetchManifestRequest {
+            upstream: upstream.to_owned(),
+            repo: repo.to_string(),
+            reference: reference.to_string(),
+        };
+        let mut client = self.client(owner)?;
+        let answered = tokio::time::timeout(ANSWER_WAIT, client.fetch_manifest(request)).await;
+        let manifest = match answered {
+            Err(_) => {
+                return Err(PeerError::Timeout {
+                    id,
+                    waited: ANSWER_WAIT,
+                });
+            }
+            Ok(Err(status)) => return Err(PeerError::from_status(id, &status)),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        telemetry::received_bytes().increment(manifest.bytes.len() as u64);
+        let digest = manifest.digest.parse().map_err(|e| PeerError::Broken {
+            id,
+            detail: format!("digest {:?}: {e}", manifest.digest),
+        })?;
+        Ok(ManifestReply {
+            digest,
+            media_type: manifest.media_type,
+            bytes: manifest.bytes,
         })
     }
 
@@ -251,6 +292,12 @@ impl Peers {
         let now = Instant::now();
         paused.retain(|_, (until, _)| *until > now);
         paused
+    }
+
+    fn client(&self, owner: &Owner) -> Result<PeerClient<Channel>, PeerError> {
+        Ok(PeerClient::new(self.channel(owner)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
     fn channel(&self, owner: &Owner) -> Result<Channel, PeerError> {

@@ -18,9 +18,11 @@ pub mod pb {
 }
 
 pub use client::{Owner, PeerBlob, PeerError, Peers, PeersStatus};
-pub use server::{BlobSource, ServeError, ServedBlob, service};
+pub use server::{Answer, LocalContent, ManifestReply, ServeError, ServedBlob, service};
 
 /// Blob bytes per message, far below the decoding limit.
 const CHUNK_BYTES: usize = 1024 * 1024;
-/// Largest message either side decodes: a chunk and its framing.
-const MAX_MESSAGE_BYTES: usize = 2 * CHUNK_BYTES;
+/// Largest message either side decodes: a manifest (4 MiB by default,
+/// `max_manifest_bytes`) with room to spare; bounds what a broken peer
+/// can make this member buffer.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

@@ -1,18 +1,18 @@
-//! The owner's side: serves a blob to the member that asked, from its own
-//! tiers or from the download it joins or starts.
+//! The owner's side: serves a blob or a manifest to the member that asked,
+//! from its own tiers or from the download it joins or starts.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt as _};
-use oci::{Digest, RepoName};
+use oci::{Digest, Reference, RepoName};
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use crate::pb::blob_chunk::Part;
 use crate::pb::peer_server::{Peer, PeerServer};
-use crate::pb::{BlobChunk, FetchBlobRequest};
+use crate::pb::{BlobChunk, FetchBlobRequest, FetchManifestRequest, Manifest};
 use crate::{CHUNK_BYTES, MAX_MESSAGE_BYTES, telemetry};
 
 /// A blob ready to stream to a peer: `size` is the whole blob's, `body`
@@ -35,28 +35,58 @@ pub enum ServeError {
     Failed(String),
 }
 
-/// Where the owner's blobs come from: the cache, without ever asking
-/// another member (so two members that disagree on the owner cannot send
-/// a request around in a circle).
-pub trait BlobSource: Send + Sync + 'static {
+/// A manifest as its owner holds it; the asking member checks the bytes
+/// against the digest.
+#[derive(Clone, Debug)]
+pub struct ManifestReply {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+/// A boxed future of what the owner answers.
+pub type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, ServeError>> + Send + 'a>>;
+
+/// What this member serves to the others: its own tiers, and downloads from
+/// its own upstreams, never passed on to another member (so two members
+/// that disagree on an owner cannot send a request around in a circle).
+pub trait LocalContent: Send + Sync + 'static {
     fn open_blob(
         &self,
         upstream: String,
         repo: RepoName,
         digest: Digest,
         offset: u64,
-    ) -> Pin<Box<dyn Future<Output = Result<ServedBlob, ServeError>> + Send + '_>>;
+    ) -> Answer<'_, ServedBlob>;
+
+    fn manifest(&self, upstream: String, repo: RepoName, reference: Reference) -> Answer<'_, ManifestReply>;
 }
 
 /// The Peer service over `source`, for the cluster port.
-pub fn service(source: Arc<dyn BlobSource>) -> PeerServer<PeerService> {
+pub fn service(source: Arc<dyn LocalContent>) -> PeerServer<PeerService> {
     PeerServer::new(PeerService { source })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 pub struct PeerService {
-    source: Arc<dyn BlobSource>,
+    source: Arc<dyn LocalContent>,
+}
+
+impl From<ServeError> for Status {
+    fn from(e: ServeError) -> Status {
+        match e {
+            ServeError::UnknownUpstream(_) => Status::failed_precondition(e.to_string()),
+            ServeError::NotFound => Status::not_found(e.to_string()),
+            ServeError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
+            ServeError::Failed(_) => Status::aborted(e.to_string()),
+        }
+    }
+}
+
+fn parse_repo(repo: &str) -> Result<RepoName, Status> {
+    repo.parse()
+        .map_err(|e| Status::invalid_argument(format!("repository name: {e}")))
 }
 
 #[tonic::async_trait]
@@ -73,23 +103,12 @@ impl Peer for PeerService {
             digest,
             offset,
         } = request.into_inner();
-        let repo: RepoName = repo
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("repository name: {e}")))?;
+        let repo = parse_repo(&repo)?;
         let digest: Digest = digest
             .parse()
             .map_err(|e| Status::invalid_argument(format!("digest: {e}")))?;
         debug!(%upstream, %repo, %digest, offset, "serving a blob to a peer");
-        let blob = self
-            .source
-            .open_blob(upstream, repo, digest, offset)
-            .await
-            .map_err(|e| match e {
-                ServeError::UnknownUpstream(_) => Status::failed_precondition(e.to_string()),
-                ServeError::NotFound => Status::not_found(e.to_string()),
-                ServeError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
-                ServeError::Failed(_) => Status::aborted(e.to_string()),
-            })?;
+        let blob = self.source.open_blob(upstream, repo, digest, offset).await?;
         telemetry::served();
         let sent = telemetry::sent_bytes();
         let size = stream::iter([Ok(BlobChunk {
@@ -112,6 +131,29 @@ impl Peer for PeerService {
             stream::iter(messages)
         });
         Ok(Response::new(size.chain(data).boxed()))
+    }
+
+    async fn fetch_manifest(
+        &self,
+        request: Request<FetchManifestRequest>,
+    ) -> Result<Response<Manifest>, Status> {
+        let FetchManifestRequest {
+            upstream,
+            repo,
+            reference,
+        } = request.into_inner();
+        let repo = parse_repo(&repo)?;
+        let reference: Reference = reference
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("reference: {e}")))?;
+        debug!(%upstream, %repo, %reference, "serving a manifest to a peer");
+        let reply = self.source.manifest(upstream, repo, reference).await?;
+        telemetry::served();
+        Ok(Response::new(Manifest {
+            digest: reply.digest.to_string(),
+            media_type: reply.media_type,
+            bytes: reply.bytes,
+        }))
     }
 }
 

@@ -10,7 +10,7 @@ use cache::{Cache, CacheSettings, Collector, ObjectTier, Remote};
 use meta::Meta;
 use metrics_exporter_prometheus::PrometheusHandle;
 use objstore::{FsStore, ObjectStore, S3Store};
-use server::{AppState, PeerBlobs, Routes};
+use server::{AppState, PeerContent, Routes};
 use store::{DiskStore, MemoryStore};
 use tokio::sync::oneshot;
 use tracing::info;
@@ -66,7 +66,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the cluster port {addr}"))?;
-            let blobs = PeerBlobs {
+            let content = PeerContent {
                 cache: Arc::clone(&cache),
                 routes: Arc::clone(&routes),
             };
@@ -74,7 +74,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
                 listener,
                 &meta,
                 Arc::clone(&collector),
-                blobs,
+                content,
                 peers_stopped,
             )?)
         }
@@ -155,15 +155,15 @@ async fn start_meta(config: &Config) -> anyhow::Result<Meta> {
 
 /// Serves the cluster port until `stop`: Raft and forwarded proposals for
 /// the other members, membership and status for `regcache cluster`, and
-/// blobs for the members that miss what this one owns.
+/// blobs and manifests for the members that miss what this one owns.
 fn serve_peers(
     listener: tokio::net::TcpListener,
     meta: &Meta,
     collector: Arc<Collector>,
-    blobs: PeerBlobs,
+    content: PeerContent,
     stop: oneshot::Receiver<()>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let services = tonic::service::Routes::new(peer::service(Arc::new(blobs)));
+    let services = tonic::service::Routes::new(peer::service(Arc::new(content)));
     let serving = meta.serve_cluster(listener, Some(collector), services, async {
         let _ = stop.await;
     })?;

@@ -352,14 +352,14 @@ struct CorruptingOwner {
     blobs: std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<u8>>>>,
 }
 
-impl peer::BlobSource for CorruptingOwner {
+impl peer::LocalContent for CorruptingOwner {
     fn open_blob(
         &self,
         _upstream: String,
         _repo: oci::RepoName,
         digest: oci::Digest,
         offset: u64,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<peer::ServedBlob, peer::ServeError>> + Send + '_>> {
+    ) -> peer::Answer<'_, peer::ServedBlob> {
         Box::pin(async move {
             let blob = self
                 .blobs
@@ -377,6 +377,16 @@ impl peer::BlobSource for CorruptingOwner {
                 body,
             })
         })
+    }
+
+    /// Manifests are not what this stand-in tests: it never has one.
+    fn manifest(
+        &self,
+        _upstream: String,
+        _repo: oci::RepoName,
+        _reference: oci::Reference,
+    ) -> peer::Answer<'_, peer::ManifestReply> {
+        Box::pin(async { Err(peer::ServeError::Failed("a stand-in without manifests".into())) })
     }
 }
 
@@ -404,7 +414,7 @@ fn an_owner_sending_wrong_bytes_is_never_stored_or_served_whole() {
         .block_on(tokio::net::TcpListener::bind(cluster.cluster_addr(3)))
         .expect("binding member 3's port");
     let services =
-        tonic::service::Routes::new(peer::service(Arc::clone(&source) as Arc<dyn peer::BlobSource>));
+        tonic::service::Routes::new(peer::service(Arc::clone(&source) as Arc<dyn peer::LocalContent>));
     let serving = fake
         .serve_cluster(listener, None, services, std::future::pending())
         .expect("serving member 3");
@@ -465,4 +475,34 @@ fn an_owner_sending_wrong_bytes_is_never_stored_or_served_whole() {
     assert_eq!(again.status, 200);
     assert!(again.body == *blob, "the second body is not the blob");
     runtime.block_on(fake.shutdown());
+}
+
+#[test]
+fn skopeo_through_three_members_at_once_fetches_each_blob_and_tag_once() {
+    let s3 = S3Server::start().expect("starting the S3 server");
+    let mut upstream = Upstream::start();
+    let image = upstream.push("rollout", &[6 * MIB, 3 * MIB, MIB, 200_000]);
+    let cluster = start_cluster(&upstream, &s3);
+    let dirs: Vec<tempfile::TempDir> = (0..6).map(|_| tempfile::tempdir().expect("a dir")).collect();
+    // Two pulls per member, all at once, as nodes of a rollout would.
+    std::thread::scope(|scope| {
+        for (i, dir) in dirs.iter().enumerate() {
+            let member = cluster.member(i as u64 % 3 + 1);
+            scope.spawn(move || common::skopeo_pull(member, "app:rollout", dir.path()));
+        }
+    });
+    for dir in &dirs {
+        common::assert_dir_blobs_verified(dir.path(), &image.blob_digests());
+    }
+    for digest in image.blob_digests() {
+        assert_eq!(upstream.blob_gets(&digest), 1, "upstream GETs of {digest}");
+    }
+    let tag_requests = upstream.proxy.count("HEAD", "/manifests/rollout")
+        + upstream.proxy.count("GET", "/manifests/rollout");
+    assert_eq!(tag_requests, 1, "upstream requests for the tag");
+    let by_digest = upstream
+        .proxy
+        .count("GET", &format!("/manifests/{}", image.manifest_digest));
+    assert_eq!(by_digest, 1, "upstream GETs of the manifest by digest");
+    assert_eq!(cluster_metric(&cluster, "regcache_peer_fallbacks_total", ""), 0.0);
 }

@@ -4,7 +4,7 @@
 mod error;
 mod handlers;
 mod observe;
-mod peer_blobs;
+mod peer_content;
 mod routing;
 mod telemetry;
 
@@ -15,7 +15,7 @@ use axum::routing::get;
 use cache::Cache;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-pub use peer_blobs::PeerBlobs;
+pub use peer_content::PeerContent;
 pub use routing::Routes;
 
 /// Everything a request handler needs.
