@@ -49,20 +49,19 @@ fn a_tag_resolved_by_one_member_is_served_by_all_without_asking_upstream() {
         "members 2 and 3 asked the upstream: {:?}",
         registry.requests()
     );
-    // Member 1 recorded the tag and the manifest: through Raft directly as
-    // the leader, or forwarded to it as a follower.
-    let m = common::metrics(cluster.member(1));
+    // The tag's owner (member 1, or the member it asked) recorded the tag
+    // and the manifest: through Raft directly as the leader, or forwarded
+    // to it as a follower.
     let ok = r#"outcome="ok""#;
-    let count = metric(&m, "regcache_meta_proposal_seconds_count", ok);
-    let sum = metric(&m, "regcache_meta_proposal_seconds_sum", ok);
-    assert!(count >= 2.0, "{m}");
-    let role = if leader == 1 {
-        "leader"
-    } else {
-        "follower, forwarded"
-    };
+    let (mut count, mut sum) = (0.0, 0.0);
+    for id in [1, 2, 3] {
+        let m = common::metrics(cluster.member(id));
+        count += metric(&m, "regcache_meta_proposal_seconds_count", ok);
+        sum += metric(&m, "regcache_meta_proposal_seconds_sum", ok);
+    }
+    assert!(count >= 2.0, "{count} proposals");
     println!(
-        "mean proposal latency on member 1 ({role}): {:.1} ms over {count} proposals",
+        "mean proposal latency (leader {leader}): {:.1} ms over {count} proposals",
         sum / count * 1e3
     );
 }
@@ -92,27 +91,45 @@ fn wait_for_blob_entries(cluster: &Cluster, id: u64, n: f64) {
     }
 }
 
+/// A member other than 1 without a disk copy of `digest`. Member 1 pulled
+/// it, through its owner: of members 2 and 3, at most the owner has a copy.
+fn member_without_a_copy(cluster: &Cluster, digest: &str) -> u64 {
+    let hex = digest.trim_start_matches("sha256:");
+    let has_copy = |id: u64| {
+        testkit::files_under(&cluster.data_dir(id).join("blobs"))
+            .iter()
+            .any(|f| f.ends_with(hex))
+    };
+    [2, 3]
+        .into_iter()
+        .find(|id| !has_copy(*id))
+        .expect("a member without a copy")
+}
+
 #[test]
 fn a_blob_another_member_fetched_streams_from_the_object_tier_checked_by_its_crc() {
     let SeededRegistry { registry, image, .. } =
         SeededRegistry::start(&[3_000_000, 2_000_000], "library/app:v1").expect("a registry with an image");
     let [(good, _), (bad, _)] = [0, 1].map(|i| image.layer_digests[i].clone());
-    let cluster = Cluster::start(&registry.url(), 2, &[]);
-    cluster.leader(&[1, 2], ELECTION_DEADLINE);
+    let cluster = Cluster::start(&registry.url(), 3, &[]);
+    cluster.leader(&[1, 2, 3], ELECTION_DEADLINE);
     let path = |digest: &str| format!("/v2/library/app/blobs/{digest}");
     for digest in [&good, &bad] {
         let (status, body) = raw_request(&cluster.member(1).host(), "GET", &path(digest));
         assert_eq!((status, testkit::sha256_bytes(&body)), (200, digest.clone()));
     }
-    wait_for_blob_entries(&cluster, 2, 2.0);
+    for id in [2, 3] {
+        wait_for_blob_entries(&cluster, id, 2.0);
+    }
 
-    // Member 2's disk is empty: the blob streams from the object tier,
-    // checked against the CRC member 1 recorded, not hashed again.
+    // This member's disk lacks the blob: it streams from the object tier,
+    // checked against the CRC its owner recorded, not hashed again.
     registry.clear_log();
-    let (status, body) = raw_request(&cluster.member(2).host(), "GET", &path(&good));
+    let reader = member_without_a_copy(&cluster, &good);
+    let (status, body) = raw_request(&cluster.member(reader).host(), "GET", &path(&good));
     assert_eq!((status, testkit::sha256_bytes(&body)), (200, good.clone()));
     assert_eq!(registry.count("GET", "/blobs/"), 0, "{:?}", registry.requests());
-    let m = common::metrics(cluster.member(2));
+    let m = common::metrics(cluster.member(reader));
     assert_eq!(
         metric(
             &m,
@@ -136,12 +153,13 @@ fn a_blob_another_member_fetched_streams_from_the_object_tier_checked_by_its_crc
     let mut flipped = std::fs::read(&files[0]).expect("reading the object");
     flipped[0] = !flipped[0];
     std::fs::write(&files[0], &flipped).expect("corrupting the object");
-    let (status, body) = raw_request(&cluster.member(2).host(), "GET", &path(&bad));
+    let reader = member_without_a_copy(&cluster, &bad);
+    let (status, body) = raw_request(&cluster.member(reader).host(), "GET", &path(&bad));
     assert!(
         status != 200 || body.len() < flipped.len(),
         "a corrupt object was served whole"
     );
-    let m = common::metrics(cluster.member(2));
+    let m = common::metrics(cluster.member(reader));
     assert_eq!(metric(&m, "regcache_objstore_corrupt_total", ""), 1.0, "{m}");
     assert!(
         object_files(&cluster, &bad).is_empty(),

@@ -506,3 +506,124 @@ fn skopeo_through_three_members_at_once_fetches_each_blob_and_tag_once() {
     assert_eq!(by_digest, 1, "upstream GETs of the manifest by digest");
     assert_eq!(cluster_metric(&cluster, "regcache_peer_fallbacks_total", ""), 0.0);
 }
+
+/// How many voters member `id` sees.
+fn voters_seen_by(cluster: &Cluster, id: u64) -> usize {
+    let view = cluster.status(id);
+    let members = view["members"].as_array().cloned().unwrap_or_default();
+    members.iter().filter(|m| m["voter"] == true).count()
+}
+
+/// Pushes an image of `layers` small random layers; returns its layers
+/// and their bytes.
+fn push_small_layers(upstream: &mut Upstream, tag: &str, layers: usize) -> Vec<(String, Arc<Vec<u8>>)> {
+    let sizes: Vec<u64> = (0..layers as u64).map(|n| 100_000 + n * 1000).collect();
+    let image = upstream.push(tag, &sizes);
+    image
+        .layer_digests
+        .iter()
+        .map(|(digest, _)| (digest.clone(), upstream.blob(digest)))
+        .collect()
+}
+
+/// Each blob cold through every member in `members` at once: one upstream
+/// GET each, every body checked.
+fn assert_fetched_once(
+    cluster: &Cluster,
+    upstream: &Upstream,
+    members: &[u64],
+    blobs: &[(String, Arc<Vec<u8>>)],
+) {
+    for (digest, blob) in blobs {
+        let pulls = members
+            .iter()
+            .map(|id| (cluster.member(*id).host(), None))
+            .collect();
+        let outcomes = storm(pulls, digest, blob);
+        assert!(outcomes.iter().all(Result::is_ok), "{digest}: {outcomes:?}");
+        assert_eq!(
+            upstream.blob_gets(digest),
+            1,
+            "upstream GETs of {digest} through {members:?}"
+        );
+    }
+}
+
+#[test]
+fn a_member_added_and_removed_under_load_fails_no_pull() {
+    let s3 = S3Server::start().expect("starting the S3 server");
+    let mut upstream = Upstream::start();
+    let load: Vec<(String, Arc<Vec<u8>>)> = (0..3)
+        .flat_map(|n| push_small_layers(&mut upstream, &format!("load{n}"), 12))
+        .collect();
+    let after_add = push_small_layers(&mut upstream, "added", 24);
+    let after_remove = push_small_layers(&mut upstream, "removed", 24);
+    let mut cluster = Cluster::start_on_s3(&upstream.proxy.url(), 3, "", &s3);
+    let leader = cluster.leader(&[1, 2, 3], Duration::from_secs(20));
+
+    // Pulls all along, through the members that stay: cold ones first.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hosts: Vec<String> = (1..=3).map(|id| cluster.member(id).host()).collect();
+    let loading = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut pulls = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for ((digest, blob), host) in load.iter().zip(hosts.iter().cycle().skip(pulls % 3)) {
+                    let response =
+                        common::raw_request_with(host, "GET", &format!("/v2/app/blobs/{digest}"), &[]);
+                    if response.status != 200 || response.body != **blob {
+                        failures.push(format!("{digest} via {host}: {}", response.status));
+                    }
+                    pulls += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            (pulls, failures)
+        })
+    };
+
+    cluster.start_member(4);
+    let via = cluster.cluster_addr(leader);
+    let addr = cluster.cluster_addr(4);
+    common::regcache_cli(
+        "cluster",
+        &["add-node", "--cluster", &via, "--id", "4", "--addr", &addr],
+    );
+    for id in 1..=4 {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("member {id} sees 4 voters"),
+            || voters_seen_by(&cluster, id) == 4,
+        );
+    }
+    // Every member, the new one too, agrees on each digest's owner.
+    assert_fetched_once(&cluster, &upstream, &[1, 2, 3, 4], &after_add);
+    let served_by_4 = metric(
+        &metrics(cluster.member(4)),
+        "regcache_peer_fetches_served_total",
+        "",
+    );
+    assert!(served_by_4 >= 1.0, "the new member owns its share");
+
+    common::regcache_cli("cluster", &["remove-node", "--cluster", &via, "--id", "4"]);
+    cluster.stop(4);
+    for id in 1..=3 {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("member {id} sees 3 voters"),
+            || voters_seen_by(&cluster, id) == 3,
+        );
+    }
+    assert_fetched_once(&cluster, &upstream, &[1, 2, 3], &after_remove);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (pulls, failures) = loading.join().expect("the load");
+    assert!(
+        failures.is_empty(),
+        "{} of {pulls} pulls failed: {failures:#?}",
+        failures.len()
+    );
+    assert!(pulls >= 36, "only {pulls} pulls under load");
+}
