@@ -46,9 +46,13 @@ impl Cache {
         let hit = self
             .keep_manifest(&reply.digest, reply.bytes, Some(&reply.media_type), None, false)
             .await?;
-        Ok(Some(ManifestHit {
-            tier: Tier::Peer,
-            ..hit
-        }))
+        let tier = match reply.stale {
+            true => {
+                crate::telemetry::stale_tag_served(src.upstream.name());
+                Tier::Stale
+            }
+            false => Tier::Peer,
+        };
+        Ok(Some(ManifestHit { tier, ..hit }))
     }
 }

@@ -192,3 +192,22 @@ async fn records_made_offline_reach_every_member_of_a_new_group() {
         meta.shutdown().await;
     }
 }
+
+/// The key of the digest-ownership hash: set once by the first leader,
+/// the same on every member, kept across restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_sets_one_owner_key_every_member_applies() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let members = group(&dirs).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while members.iter().any(|m| m.owner_key().is_none()) {
+        assert!(Instant::now() < deadline, "a member never applied an owner key");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let key = members[0].owner_key();
+    assert_eq!(key.as_ref().map(Vec::len), Some(32));
+    assert!(members.iter().all(|m| m.owner_key() == key));
+    for meta in &members {
+        meta.shutdown().await;
+    }
+}

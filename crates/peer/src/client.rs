@@ -247,6 +247,7 @@ impl Peers {
             digest,
             media_type: manifest.media_type,
             bytes: manifest.bytes,
+            stale: manifest.stale,
         })
     }
 

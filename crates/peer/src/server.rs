@@ -42,6 +42,8 @@ pub struct ManifestReply {
     pub digest: Digest,
     pub media_type: String,
     pub bytes: Bytes,
+    /// A tag served past its TTL because the owner's upstream failed.
+    pub stale: bool,
 }
 
 /// A boxed future of what the owner answers.
@@ -153,6 +155,7 @@ impl Peer for PeerService {
             digest: reply.digest.to_string(),
             media_type: reply.media_type,
             bytes: reply.bytes,
+            stale: reply.stale,
         }))
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cache::{Body, Cache, CacheError, Remote};
+use cache::{Body, Cache, CacheError, Remote, Tier};
 use futures_util::stream::{self, StreamExt as _};
 use oci::{Digest, Reference, RepoName};
 use peer::{Answer, LocalContent, ManifestReply, ServeError, ServedBlob};
@@ -57,6 +57,7 @@ impl LocalContent for PeerContent {
                 .await
                 .map_err(serve_error)?;
             Ok(ManifestReply {
+                stale: hit.tier == Tier::Stale,
                 digest: hit.digest,
                 media_type: hit.media_type,
                 bytes: hit.bytes,

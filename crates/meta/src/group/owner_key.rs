@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use openraft::ServerState;
 use openraft::async_runtime::watch::WatchReceiver;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::command::OWNER_KEY_BYTES;
 use crate::raft::Raft;
@@ -16,6 +16,9 @@ use crate::{Command, StateDb};
 
 /// How often a member without the key looks again between Raft changes.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// How soon a leader whose proposal failed (it was just elected, or is
+/// changing the membership) proposes again.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
 
 /// Returns once this member has applied an owner key; proposes one
 /// whenever it leads a group without.
@@ -35,7 +38,13 @@ pub(crate) async fn ensure(raft: Raft, state: Arc<StateDb>) {
                     info!("set the group's owner key");
                     continue;
                 }
-                Err(e) => warn!(error = %e, "proposing the owner key failed"),
+                // A leader just elected, or one losing its quorum: the
+                // writability lines tell that story; try again in a while.
+                Err(e) => {
+                    debug!(error = %e, "proposing the owner key failed; trying again");
+                    tokio::time::sleep(RETRY_AFTER).await;
+                    continue;
+                }
             }
         }
         tokio::select! {

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod cluster;
+pub mod rollout;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
