@@ -10,61 +10,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::rollout::{MIB, Upstream};
 use common::{
     Bucket, RawResponse, Regcache, assert_dir_blobs_verified, metric, metrics, raw_request_with, skopeo_pull,
     start_s3_replica,
 };
-use testkit::{
-    BuiltImage, Fault, FaultProxy, ImageSpec, LayerCompression, OciLayout, Registry, Rule, S3Server,
-};
-
-const MIB: u64 = 1 << 20;
+use testkit::{BuiltImage, Fault, Rule, S3Server};
 /// How long regcache steps around an unreachable store after a failure
 /// (`BYPASS_AFTER_FAILURE`), plus a margin.
 const BYPASS: Duration = Duration::from_millis(5_500);
-
-/// A registry and the layout its images are pushed from.
-struct Upstream {
-    registry: Registry,
-    layout: OciLayout,
-}
-
-impl Upstream {
-    fn start() -> Upstream {
-        let registry = Registry::start().expect("starting the registry");
-        // Uncompressed: the bytes are what matters, and gzip costs time.
-        let layout = OciLayout::new()
-            .expect("creating a layout")
-            .with_layer_compression(LayerCompression::None);
-        Upstream { registry, layout }
-    }
-
-    /// Pushes an image with layers of about these sizes as `library/app:<tag>`.
-    fn push(&mut self, tag: &str, layers: &[u64]) -> BuiltImage {
-        let image = self
-            .layout
-            .add_image(tag, &ImageSpec::new(layers))
-            .expect("building an image");
-        self.layout
-            .push(tag, &self.registry, &format!("library/app:{tag}"))
-            .expect("pushing an image");
-        image
-    }
-
-    /// The bytes of a blob as pushed.
-    fn blob(&self, digest: &str) -> Vec<u8> {
-        std::fs::read(self.layout.blob_path(digest)).expect("reading a layout blob")
-    }
-
-    /// GETs the registry logged since its log was last cleared.
-    fn gets(&self) -> Vec<testkit::AccessLine> {
-        self.registry
-            .requests()
-            .into_iter()
-            .filter(|r| r.method == "GET")
-            .collect()
-    }
-}
 
 fn blob_path(digest: &str) -> String {
     format!("/v2/app/blobs/{digest}")
@@ -202,7 +156,7 @@ fn wrong_digest_leaves_no_object_and_no_upload() {
     // Two full 8 MiB parts are uploading before the mismatch shows.
     let image = upstream.push("v1", &[20 * MIB]);
     let (digest, size) = image.layer_digests[0].clone();
-    let proxy = FaultProxy::start(&upstream.registry).expect("starting the fault proxy");
+    let proxy = &upstream.proxy;
     let s3 = S3Server::start().expect("starting the s3 server");
     let bucket = Bucket::connect(&s3);
     let data = tempfile::tempdir().expect("tempdir");
@@ -254,7 +208,7 @@ fn s3_killed_mid_pull_corrupts_nothing() {
     let while_down = upstream.push("v2", &[3 * MIB, 20_000]);
     let after_recovery = upstream.push("v3", &[9 * MIB, 20_000]);
     let big = big_image.layer_digests[0].0.clone();
-    let proxy = FaultProxy::start(&upstream.registry).expect("starting the fault proxy");
+    let proxy = &upstream.proxy;
     let mut s3 = S3Server::start().expect("starting the s3 server");
     let bucket = Bucket::connect(&s3);
     let data = tempfile::tempdir().expect("tempdir");
@@ -421,7 +375,7 @@ fn a_corrupt_object_is_deleted_and_never_served_whole() {
         keys,
         ..
     } = &stored;
-    let mut flipped = upstream.blob(digest);
+    let mut flipped = upstream.blob(digest).to_vec();
     flipped.iter_mut().for_each(|b| *b = !*b);
     bucket.overwrite(&keys[0], &flipped);
 

@@ -30,6 +30,7 @@ impl Upstream {
     pub fn start() -> Upstream {
         let registry = Registry::start().expect("starting the registry");
         let proxy = FaultProxy::start(&registry).expect("starting the fault proxy");
+        // Uncompressed: the bytes are what matters, and gzip costs time.
         let layout = OciLayout::new()
             .expect("creating a layout")
             .with_layer_compression(LayerCompression::None);
@@ -40,6 +41,7 @@ impl Upstream {
         }
     }
 
+    /// Pushes an image with layers of about these sizes as `library/app:<tag>`.
     pub fn push(&mut self, tag: &str, layers: &[u64]) -> BuiltImage {
         let image = self
             .layout
@@ -51,8 +53,18 @@ impl Upstream {
         image
     }
 
+    /// The bytes of a blob as pushed.
     pub fn blob(&self, digest: &str) -> Arc<Vec<u8>> {
         Arc::new(std::fs::read(self.layout.blob_path(digest)).expect("reading a layout blob"))
+    }
+
+    /// GETs the registry logged since its log was last cleared.
+    pub fn gets(&self) -> Vec<testkit::AccessLine> {
+        self.registry
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET")
+            .collect()
     }
 
     /// Blob GETs sent to the upstream (ranged ones included), counted as
