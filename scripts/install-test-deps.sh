@@ -82,3 +82,25 @@ if [[ $(weed version 2>/dev/null | head -n1) != *" $seaweedfs_version "* ]]; the
     ln -sf "$seaweedfs_dir/bin/weed" /usr/local/bin/weed
     weed version 2>/dev/null | head -n1
 fi
+
+# The chart tests (helm/tests/test_chart.py): Helm's own Go engine bound for
+# Python (no helm binary is needed) and the Kubernetes schemas. Into a
+# directory of their own, put on PYTHONPATH by scripts/test.sh.
+chart_tools=/opt/regcache-test-deps/chart-tools
+chart_pins=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0)
+if ! PYTHONPATH=$chart_tools python3 -S -c '
+import sys
+from importlib.metadata import version
+pins = dict(p.split("==") for p in sys.argv[1:])
+sys.exit(any(version(name) != v for name, v in pins.items()))
+' "${chart_pins[@]}" 2>/dev/null; then
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        echo "install-test-deps: installing python3-pip"
+        apt_get update -q
+        apt_get install -y -q python3-pip
+    fi
+    echo "install-test-deps: installing ${chart_pins[*]}"
+    rm -rf "$chart_tools"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        --target "$chart_tools" "${chart_pins[@]}"
+fi

@@ -8,4 +8,5 @@ scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+PYTHONPATH=/opt/regcache-test-deps/chart-tools python3 helm/tests/test_chart.py
 scripts/fuzz.sh

@@ -58,6 +58,13 @@ else
     done
 fi
 sleep 3
+# A cluster elects a leader and sets its owner key first: until a member
+# knows the key it fetches every miss itself.
+if ((members > 1)); then
+    for id in $(seq "$members"); do
+        until curl -s "127.0.0.1:$((15100 + id))/status.json" | grep -q '"owner_key":true'; do sleep 0.5; done
+    done
+fi
 start=$(date +%s)
 n=0
 failed=0
@@ -68,15 +75,17 @@ while (($(date +%s) - start < duration)); do
         tag=v$n
         push "$tag" "$n"
     fi
+    pulls=()
     for id in $(seq "$members"); do
         skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:$((15100 + id))/library/app:$tag" \
             "dir:pulls/$n.$id" >"pull.$n.$id.log" 2>&1 &
+        pulls+=($!)
     done
     for id in $(seq "$members"); do
-        if ! wait -n; then
+        if ! wait "${pulls[id - 1]}"; then
             failed=$((failed + 1))
-            echo "a pull of round $n failed:"
-            cat pull.$n.*.log
+            echo "pull $n through member $id failed:"
+            cat "pull.$n.$id.log"
         fi
     done
     ready=$(curl -s 127.0.0.1:15101/readyz | head -n1)
