@@ -5,7 +5,8 @@ regcache binary accept the configuration the chart renders.
 
     PYTHONPATH=/opt/regcache-test-deps/chart-tools python3 helm/tests/test_chart.py
 
-REGCACHE_BIN names the binary (default: target/debug/regcache).
+REGCACHE_BIN names the binary (default: debug/regcache in CARGO_TARGET_DIR,
+else in target/).
 """
 
 import os
@@ -19,7 +20,8 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHART = os.path.join(ROOT, "helm", "regcache")
-BIN = os.environ.get("REGCACHE_BIN", os.path.join(ROOT, "target", "debug", "regcache"))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+BIN = os.environ.get("REGCACHE_BIN", os.path.join(TARGET, "debug", "regcache"))
 KUBE_VERSION = "1.30"
 
 S3 = {
