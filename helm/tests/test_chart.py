@@ -48,7 +48,7 @@ FIVE = {
             "tagTTL": "5m",
             "proxy": {"httpsProxy": "http://proxy.internal:3128"},
         },
-        {"upstream": "registry.corp:5000", "remoteURL": "http://registry.corp:5000"},
+        {"upstream": "registry.corp:5000", "remoteURL": "http://registry.corp:5000", "secretReferenceName": "corp-robot"},
     ],
     "builtinUpstreams": False,
     "defaultUpstream": "quay.io",
@@ -101,13 +101,23 @@ class Chart(unittest.TestCase):
 
     def test_the_binary_accepts_every_rendered_config(self):
         for values in ({}, S3, FIVE):
-            with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
-                f.write(config_of(render(values)))
-                f.flush()
+            with tempfile.TemporaryDirectory() as mounted:
+                # What the pod mounts under /etc/regcache: the config, and
+                # each upstream Secret's keys as files.
+                for n, upstream in enumerate(values.get("upstreams", [])):
+                    if "secretReferenceName" in upstream:
+                        os.makedirs(f"{mounted}/upstreams/{n}")
+                        for key in ("username", "password"):
+                            with open(f"{mounted}/upstreams/{n}/{key}", "w") as f:
+                                f.write(f"robot-{key}\n")
+                config = os.path.join(mounted, "regcache.toml")
+                with open(config, "w") as f:
+                    f.write(config_of(render(values)).replace("/etc/regcache/", mounted + "/"))
                 check = subprocess.run(
-                    [BIN, "config", "check", f.name, "--node-id", "1"], capture_output=True, text=True
+                    [BIN, "config", "check", config, "--node-id", "1"], capture_output=True, text=True
                 )
                 self.assertEqual(check.returncode, 0, check.stderr)
+                self.assertNotIn("robot-password", check.stdout)
 
     def test_peers_are_the_members_stable_names(self):
         for replicas in (1, 3, 5):
@@ -136,6 +146,20 @@ class Chart(unittest.TestCase):
         self.assertIn('bucket = "regcache-cache"', config)
         self.assertNotIn("AWS_", config)
 
+    def test_upstream_credentials_are_mounted_from_their_secret_and_never_inlined(self):
+        objects = render(FIVE)
+        self.assertNotIn("Secret", objects)
+        pod = one(objects, "StatefulSet")["spec"]["template"]["spec"]
+        volume = next(v for v in pod["volumes"] if v["name"] == "upstream-1")
+        self.assertEqual(volume["secret"]["secretName"], "corp-robot")
+        self.assertEqual({i["key"] for i in volume["secret"]["items"]}, {"username", "password"})
+        mount = next(m for m in container(objects)["volumeMounts"] if m["name"] == "upstream-1")
+        self.assertEqual(mount["mountPath"], "/etc/regcache/upstreams/1")
+        self.assertTrue(mount["readOnly"])
+        config = config_of(objects)
+        self.assertIn('username_file = "/etc/regcache/upstreams/1/username"', config)
+        self.assertIn('password_file = "/etc/regcache/upstreams/1/password"', config)
+
     def test_probes_disruption_budget_and_security_context(self):
         objects = render(FIVE)
         c = container(objects)
@@ -154,7 +178,7 @@ class Chart(unittest.TestCase):
         self.assertTrue(pod["securityContext"]["runAsNonRoot"])
         self.assertGreaterEqual(pod["terminationGracePeriodSeconds"], 35)
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
-        self.assertEqual(mounts, {"/var/lib/regcache", "/etc/regcache"})
+        self.assertEqual(mounts, {"/var/lib/regcache", "/etc/regcache/regcache.toml", "/etc/regcache/upstreams/1"})
 
     def test_the_cluster_port_is_admitted_from_members_only(self):
         policy = one(render(FIVE), "NetworkPolicy")

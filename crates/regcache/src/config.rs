@@ -69,6 +69,8 @@ pub struct UpstreamConfigEntry {
     /// Where `client.password` was read from, so it can be shown without
     /// the value.
     pub password_source: Option<PasswordSource>,
+    /// The file `client.username` was read from, if it came from one.
+    pub username_file: Option<PathBuf>,
     /// Overrides `cache.tag_ttl` for this upstream.
     pub tag_ttl: Option<Duration>,
 }

@@ -82,6 +82,42 @@ impl Drop for Hosts {
     }
 }
 
+/// Secrets by name, each key → value.
+type Secrets<'a> = BTreeMap<&'a str, BTreeMap<&'a str, String>>;
+
+/// `text` with the pod's /etc/regcache mounts at `mounted`.
+fn at_mount(text: &str, mounted: &Path) -> String {
+    text.replace("/etc/regcache/", &format!("{}/", mounted.display()))
+}
+
+/// Writes what the pod mounts under /etc/regcache into `mounted`: the
+/// ConfigMap's file, and each upstream Secret's keys as files.
+fn mount(objects: &[serde_json::Value], mounted: &Path, secrets: &Secrets) {
+    let toml = object(objects, "ConfigMap")["data"]["regcache.toml"]
+        .as_str()
+        .expect("the config");
+    std::fs::write(mounted.join("regcache.toml"), at_mount(toml, mounted)).expect("writing the config");
+    let pod = &object(objects, "StatefulSet")["spec"]["template"]["spec"];
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().expect("mounts");
+    for volume in pod["volumes"].as_array().expect("volumes") {
+        let Some(secret) = volume["secret"]["secretName"].as_str() else {
+            continue;
+        };
+        let at = mounts
+            .iter()
+            .find(|m| m["name"] == volume["name"])
+            .and_then(|m| m["mountPath"].as_str())
+            .expect("the secret's mount");
+        let dir = std::path::PathBuf::from(at_mount(&format!("{at}/"), mounted));
+        std::fs::create_dir_all(&dir).expect("a mount dir");
+        for item in volume["secret"]["items"].as_array().expect("items") {
+            let key = item["key"].as_str().expect("a key");
+            let path = item["path"].as_str().expect("a path");
+            std::fs::write(dir.join(path), &secrets[secret][key]).expect("writing a secret key");
+        }
+    }
+}
+
 /// One pod: its name, its address, and the running member.
 struct Pod {
     hostname: String,
@@ -103,25 +139,16 @@ struct PodSpec {
 }
 
 impl PodSpec {
-    /// The container's arguments, with the ConfigMap "mounted" at
-    /// `config`, and its environment with Secret references resolved
-    /// from `secrets` (name → key → value).
-    fn of(
-        objects: &[serde_json::Value],
-        config: &Path,
-        secrets: &BTreeMap<&str, BTreeMap<&str, String>>,
-    ) -> PodSpec {
+    /// The container's arguments with `/etc/regcache` (where the pod
+    /// mounts its ConfigMap and Secrets) at `mounted`, and its environment
+    /// with Secret references resolved from `secrets` (name → key → value).
+    fn of(objects: &[serde_json::Value], mounted: &Path, secrets: &Secrets) -> PodSpec {
         let container = &object(objects, "StatefulSet")["spec"]["template"]["spec"]["containers"][0];
-        let mounted = config.display().to_string();
         let args = container["args"]
             .as_array()
             .expect("args")
             .iter()
-            .map(|a| {
-                a.as_str()
-                    .expect("an arg")
-                    .replace("/etc/regcache/regcache.toml", &mounted)
-            })
+            .map(|a| at_mount(a.as_str().expect("an arg"), mounted))
             .collect();
         let env = container["env"]
             .as_array()
@@ -216,7 +243,7 @@ fn the_chart_boots_a_three_member_cluster_that_survives_a_rolling_update() {
     let s3_env: BTreeMap<&str, String> = s3.env().into_iter().collect();
     let values = serde_json::json!({
         "replicaCount": MEMBERS,
-        "upstreams": [{"upstream": "docker.io", "remoteURL": seeded.url()}],
+        "upstreams": [{"upstream": "docker.io", "remoteURL": seeded.url(), "secretReferenceName": "hub-robot"}],
         "storage": {"kind": "s3", "s3": {
             "bucket": s3.bucket(),
             "endpoint": s3.endpoint(),
@@ -228,20 +255,25 @@ fn the_chart_boots_a_three_member_cluster_that_survives_a_rolling_update() {
         "persistence": {"size": "2Gi"},
     });
     let objects = render(&values);
-    let config_dir = tempfile::tempdir().expect("a dir");
-    let config = config_dir.path().join("regcache.toml");
-    let toml = object(&objects, "ConfigMap")["data"]["regcache.toml"]
-        .as_str()
-        .expect("the config");
-    std::fs::write(&config, toml).expect("writing the config");
-    let secrets = BTreeMap::from([(
-        "regcache-s3",
-        BTreeMap::from([
-            ("AWS_ACCESS_KEY_ID", s3_env["AWS_ACCESS_KEY_ID"].clone()),
-            ("AWS_SECRET_ACCESS_KEY", s3_env["AWS_SECRET_ACCESS_KEY"].clone()),
-        ]),
-    )]);
-    let spec = PodSpec::of(&objects, &config, &secrets);
+    let secrets = BTreeMap::from([
+        (
+            "regcache-s3",
+            BTreeMap::from([
+                ("AWS_ACCESS_KEY_ID", s3_env["AWS_ACCESS_KEY_ID"].clone()),
+                ("AWS_SECRET_ACCESS_KEY", s3_env["AWS_SECRET_ACCESS_KEY"].clone()),
+            ]),
+        ),
+        (
+            "hub-robot",
+            BTreeMap::from([
+                ("username", "robot\n".to_owned()),
+                ("password", "s3cr3t\n".to_owned()),
+            ]),
+        ),
+    ]);
+    let mounted = tempfile::tempdir().expect("a dir");
+    mount(&objects, mounted.path(), &secrets);
+    let spec = PodSpec::of(&objects, mounted.path(), &secrets);
 
     let service = object(&objects, "StatefulSet")["spec"]["serviceName"]
         .as_str()

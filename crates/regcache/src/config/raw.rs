@@ -78,6 +78,7 @@ pub(super) struct RawUpstream {
     pub name: String,
     pub remote_url: Option<String>,
     pub username: Option<String>,
+    pub username_file: Option<PathBuf>,
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
     pub http_proxy: Option<String>,

@@ -85,6 +85,8 @@ struct RenderedUpstream<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     username: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    username_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     password: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     password_file: Option<String>,
@@ -183,7 +185,9 @@ fn upstream(u: &UpstreamConfigEntry) -> RenderedUpstream<'_> {
     RenderedUpstream {
         name: &c.name,
         remote_url: c.remote_url.as_str(),
-        username: c.username.as_deref(),
+        // A username read from a file is shown as the file, like a password.
+        username: c.username.as_deref().filter(|_| u.username_file.is_none()),
+        username_file: u.username_file.as_ref().map(|p| p.display().to_string()),
         password: c.password.as_ref().map(|_| "[redacted]"),
         password_file,
         password_env,

@@ -217,6 +217,14 @@ const BAD: &[(&str, &str)] = &[
         "upstream[0].username: must be non-empty and contain no ':'",
     ),
     (
+        "[[upstream]]\nname = \"quay.io\"\nusername = \"u\"\nusername_file = \"/u\"\npassword_env = \"P\"",
+        "upstream[0].username_file: username and username_file are mutually exclusive",
+    ),
+    (
+        "[[upstream]]\nname = \"quay.io\"\nusername_file = \"/nonexistent/regcache\"\npassword_env = \"P\"",
+        "upstream[0].username_file: reading /nonexistent/regcache",
+    ),
+    (
         "[[upstream]]\nname = \"quay.io\"\nusername = \"u\"\npassword_file = \"/nonexistent/regcache\"",
         "upstream[0].password_file: reading /nonexistent/regcache",
     ),
@@ -475,6 +483,37 @@ fn passwords_are_read_at_load_and_never_rendered() {
         "{shown}"
     );
     assert!(shown.contains("password_env = \"CARGO_PKG_NAME\""), "{shown}");
+}
+
+/// A Kubernetes Secret mounted as files: `username` and `password` keys.
+#[test]
+fn a_username_is_read_from_its_file_and_shown_as_the_file() {
+    let user = write("robot\n");
+    let password = write("s3cr3t\n");
+    let cfg = load_str(&format!(
+        "[[upstream]]\nname = \"quay.io\"\nusername_file = \"{}\"\npassword_file = \"{}\"",
+        user.path().display(),
+        password.path().display()
+    ))
+    .unwrap();
+    let quay = upstream(&cfg, "quay.io");
+    assert_eq!(quay.client.username.as_deref(), Some("robot"));
+    assert_eq!(quay.client.password.as_ref().map(Secret::expose), Some("s3cr3t"));
+    let shown = render_redacted(&cfg);
+    assert!(
+        shown.contains(&format!("username_file = \"{}\"", user.path().display())),
+        "{shown}"
+    );
+    assert!(!shown.contains("username = "), "{shown}");
+    let colon = write("a:b");
+    let refused = load_str(&format!(
+        "[[upstream]]\nname = \"quay.io\"\nusername_file = \"{}\"\npassword_env = \"CARGO_PKG_NAME\"",
+        colon.path().display()
+    ));
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("must be non-empty and contain no ':'")),
+        "a username from a file is checked like one in the file"
+    );
 }
 
 #[test]

@@ -89,6 +89,7 @@ fn bare(name: &str, remote_url: Url) -> UpstreamConfigEntry {
             read_timeout: DEFAULT_READ_TIMEOUT,
         },
         password_source: None,
+        username_file: None,
         tag_ttl: None,
     }
 }
@@ -110,7 +111,8 @@ fn entry(
         .or(file_url)
         .or(builtin_url)
         .ok_or_else(|| FieldError::new(at("remote_url"), "required for an upstream that is not built in"))?;
-    let (password, password_source) = match password(field, &raw)? {
+    let username = username(field, &raw)?;
+    let (password, password_source) = match password(field, &raw, username.as_deref())? {
         Some((secret, source)) => (Some(secret), Some(source)),
         None => (None, None),
     };
@@ -125,10 +127,11 @@ fn entry(
             https_proxy: url(&raw.https_proxy, fields::http_url, "https_proxy")?,
             connect_timeout: timeout(&raw.connect_timeout, DEFAULT_CONNECT_TIMEOUT, "connect_timeout")?,
             read_timeout: timeout(&raw.read_timeout, DEFAULT_READ_TIMEOUT, "read_timeout")?,
-            username: raw.username,
+            username,
             name: raw.name,
         },
         password_source,
+        username_file: raw.username_file,
         tag_ttl: raw
             .tag_ttl
             .as_deref()
@@ -138,9 +141,27 @@ fn entry(
     })
 }
 
+/// The username as written, or read from `username_file` (a Secret's
+/// `username` key mounted as a file, as Kubernetes does).
+fn username(field: &str, raw: &RawUpstream) -> Result<Option<String>, FieldError> {
+    match (&raw.username, &raw.username_file) {
+        (Some(_), Some(_)) => Err(FieldError::new(
+            format!("{field}.username_file"),
+            "username and username_file are mutually exclusive",
+        )),
+        (Some(user), None) => Ok(Some(user.clone())),
+        (None, Some(path)) => read_line(path).map(Some).at(&format!("{field}.username_file")),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Reads the password now, so that a missing secret stops the start
 /// instead of failing the first authenticated pull.
-fn password(field: &str, raw: &RawUpstream) -> Result<Option<(Secret, PasswordSource)>, FieldError> {
+fn password(
+    field: &str,
+    raw: &RawUpstream,
+    username: Option<&str>,
+) -> Result<Option<(Secret, PasswordSource)>, FieldError> {
     let (source, name) = match (&raw.password_file, &raw.password_env) {
         (Some(_), Some(_)) => {
             return Err(FieldError::new(
@@ -150,7 +171,7 @@ fn password(field: &str, raw: &RawUpstream) -> Result<Option<(Secret, PasswordSo
         }
         (Some(path), None) => (PasswordSource::File(path.clone()), "password_file"),
         (None, Some(var)) => (PasswordSource::Env(var.clone()), "password_env"),
-        (None, None) if raw.username.is_some() => {
+        (None, None) if username.is_some() => {
             return Err(FieldError::new(
                 format!("{field}.username"),
                 "needs password_file or password_env",
@@ -158,7 +179,7 @@ fn password(field: &str, raw: &RawUpstream) -> Result<Option<(Secret, PasswordSo
         }
         (None, None) => return Ok(None),
     };
-    match raw.username.as_deref() {
+    match username {
         None => {
             return Err(FieldError::new(
                 format!("{field}.username"),
@@ -179,17 +200,19 @@ fn password(field: &str, raw: &RawUpstream) -> Result<Option<(Secret, PasswordSo
 
 fn read_secret(source: &PasswordSource) -> Result<Secret, String> {
     let value = match source {
-        PasswordSource::File(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-            // Editors and `echo` end files with a newline that is no part of the password.
-            let line = text.strip_suffix('\n').unwrap_or(&text);
-            line.strip_suffix('\r').unwrap_or(line).to_owned()
-        }
+        PasswordSource::File(path) => read_line(path)?,
         PasswordSource::Env(var) => std::env::var(var).map_err(|e| format!("reading ${var}: {e}"))?,
     };
     if value.is_empty() {
         return Err("the password is empty".to_owned());
     }
     Ok(Secret::new(value))
+}
+
+/// A file's content without one trailing newline: editors and `echo` end
+/// files with one that is no part of the value.
+fn read_line(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let line = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(line.strip_suffix('\r').unwrap_or(line).to_owned())
 }
