@@ -52,6 +52,7 @@ FIVE = {
     ],
     "builtinUpstreams": False,
     "defaultUpstream": "quay.io",
+    "nodeConfig": {"enabled": True, "mirror": "http://10.0.0.10:30500", "upstreams": ["quay.io", "registry.corp:5000"]},
 }
 
 
@@ -159,6 +160,31 @@ class Chart(unittest.TestCase):
         config = config_of(objects)
         self.assertIn('username_file = "/etc/regcache/upstreams/1/username"', config)
         self.assertIn('password_file = "/etc/regcache/upstreams/1/password"', config)
+
+    def test_the_node_daemonset_writes_containerd_hosts_files(self):
+        daemonset = one(render(FIVE), "DaemonSet")
+        pod = daemonset["spec"]["template"]["spec"]
+        init = pod["initContainers"][0]
+        self.assertEqual(pod["volumes"][0]["hostPath"]["path"], "/etc/containerd/certs.d")
+        with tempfile.TemporaryDirectory() as node:
+            # Run the rendered command as the kubelet would, the hostPath at `node`.
+            args = [a.replace("/host/certs.d", node) for a in init["args"]]
+            run = subprocess.run([BIN, *args], capture_output=True, text=True)
+            self.assertEqual(run.returncode, 0, run.stderr)
+            for registry in ("quay.io", "registry.corp:5000"):
+                with open(os.path.join(node, registry, "hosts.toml")) as f:
+                    self.assertIn('[host."http://10.0.0.10:30500"]', f.read())
+        # The members' Services and disruption budget never select its pods.
+        node_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+        objects = render(FIVE)
+        for selector in (
+            *(s["spec"]["selector"] for s in objects["Service"]),
+            one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        ):
+            self.assertFalse(selector.items() <= node_labels.items(), selector)
+        with self.assertRaises(helm_python.HelmError) as caught:
+            render({"nodeConfig": {"enabled": True}})
+        self.assertIn("nodeConfig.mirror", str(caught.exception))
 
     def test_probes_disruption_budget_and_security_context(self):
         objects = render(FIVE)
