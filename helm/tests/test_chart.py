@@ -9,6 +9,7 @@ REGCACHE_BIN names the binary (default: debug/regcache in CARGO_TARGET_DIR,
 else in target/).
 """
 
+import json
 import os
 import subprocess
 import tempfile
@@ -39,7 +40,6 @@ S3 = {
 FIVE = {
     "replicaCount": 5,
     "networkPolicy": {"enabled": True, "clientFrom": [{"namespaceSelector": {}}]},
-    "metrics": {"serviceMonitor": {"enabled": True}},
     "persistence": {"size": "200Gi", "storageClassName": "fast"},
     "upstreams": [
         {
@@ -53,6 +53,7 @@ FIVE = {
     "builtinUpstreams": False,
     "defaultUpstream": "quay.io",
     "nodeConfig": {"enabled": True, "mirror": "http://10.0.0.10:30500", "upstreams": ["quay.io", "registry.corp:5000"]},
+    "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}},
 }
 
 
@@ -76,8 +77,8 @@ def one(objects, kind, name=None):
     return found[0]
 
 
-def config_of(objects):
-    return one(objects, "ConfigMap")["data"]["regcache.toml"]
+def config_of(objects, name="regcache"):
+    return one(objects, "ConfigMap", name)["data"]["regcache.toml"]
 
 
 def container(objects):
@@ -94,7 +95,7 @@ class Chart(unittest.TestCase):
         for values in ({}, S3, FIVE):
             for kind, objects in render(values).items():
                 for obj in objects:
-                    if kind == "ServiceMonitor":
+                    if kind in ("ServiceMonitor", "PrometheusRule"):
                         # A CRD (prometheus-operator): no schema here.
                         self.assertEqual(obj["apiVersion"], "monitoring.coreos.com/v1")
                         continue
@@ -131,7 +132,7 @@ class Chart(unittest.TestCase):
                 f'"{i + 1}=edge-regcache-{i}.edge-regcache-peers.mirrors.svc.cluster.local:5001"'
                 for i in range(replicas)
             ]
-            self.assertIn(f"peers = [{','.join(peers)}]", config_of(objects))
+            self.assertIn(f"peers = [{','.join(peers)}]", config_of(objects, "edge-regcache"))
             self.assertIn("--node-id-from-hostname", container(objects)["args"])
             headless = one(objects, "Service", "edge-regcache-peers")
             self.assertEqual(headless["spec"]["clusterIP"], "None")
@@ -185,6 +186,20 @@ class Chart(unittest.TestCase):
         with self.assertRaises(helm_python.HelmError) as caught:
             render({"nodeConfig": {"enabled": True}})
         self.assertIn("nodeConfig.mirror", str(caught.exception))
+
+    def test_alerts_link_runbooks_and_the_dashboard_is_shipped(self):
+        objects = render(FIVE)
+        rules = one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]
+        with open(os.path.join(ROOT, "docs", "operations.md")) as f:
+            headings = {line[4:].strip().lower() for line in f if line.startswith("### ")}
+        for rule in rules:
+            anchor = rule["annotations"]["runbook_url"].rsplit("#", 1)[1]
+            self.assertIn(anchor, headings, f"{rule['alert']}: no runbook heading in docs/operations.md")
+            self.assertIn(rule["labels"]["severity"], ("critical", "warning", "info"))
+        dashboard = one(objects, "ConfigMap", "regcache-dashboard")
+        self.assertEqual(dashboard["metadata"]["labels"]["grafana_dashboard"], "1")
+        panels = json.loads(dashboard["data"]["regcache.json"])["panels"]
+        self.assertIn("Hit ratio", [p["title"] for p in panels[:3]], "the dashboard leads with what the cache saves")
 
     def test_probes_disruption_budget_and_security_context(self):
         objects = render(FIVE)

@@ -53,6 +53,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         Ok(gc) => telemetry::gc(&gc),
         Err(e) => tracing::warn!(error = %e, "reading the gc state failed"),
     }
+    telemetry::downloads(state.cache.downloads().len());
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

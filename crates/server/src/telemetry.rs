@@ -12,6 +12,7 @@ const INDEX_BYTES: &str = "regcache_index_bytes";
 const INDEX_TAGS: &str = "regcache_index_tags";
 const GC_CONDEMNED: &str = "regcache_gc_condemned";
 const GC_TO_SWEEP: &str = "regcache_gc_to_sweep";
+const DOWNLOADS: &str = "regcache_downloads";
 
 /// One answered request, by route, method and status.
 pub(crate) fn request(route: &'static str, method: &http::Method, status: u16, elapsed: Duration) {
@@ -34,4 +35,10 @@ pub(crate) fn index(stats: &MetaStats) {
 pub(crate) fn gc(state: &GcState) {
     metrics::gauge!(GC_CONDEMNED).set(state.condemned as f64);
     metrics::gauge!(GC_TO_SWEEP).set(state.to_sweep as f64);
+}
+
+/// Downloads under way on this replica (from the upstream, the object tier
+/// or a peer), read when scraped.
+pub(crate) fn downloads(count: usize) {
+    metrics::gauge!(DOWNLOADS).set(count as f64);
 }

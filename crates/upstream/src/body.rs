@@ -42,9 +42,13 @@ pub(crate) fn stream(
     response: reqwest::Response,
     upstream: String,
 ) -> BoxStream<'static, Result<Bytes, UpstreamError>> {
+    let received = telemetry::received_bytes(&upstream);
     response
         .bytes_stream()
         .map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                received.increment(bytes.len() as u64);
+            }
             chunk.map_err(|err| {
                 let err = UpstreamError::from_reqwest(err);
                 telemetry::error(&upstream, err.kind());
