@@ -234,6 +234,14 @@ class Chart(unittest.TestCase):
         set_explicitly = render({"cache": {"diskBytes": "10GiB"}})
         self.assertIn('disk_bytes = "10GiB"', config_of(set_explicitly))
 
+    def test_resources_follow_the_memory_tier_unless_set(self):
+        derived = container(render({"cache": {"memoryBytes": "1GiB"}}))["resources"]
+        self.assertEqual(derived["requests"]["memory"], "1216Mi")
+        self.assertEqual(derived["limits"]["memory"], "2432Mi")
+        self.assertEqual(container(render({}))["resources"]["requests"]["memory"], "320Mi")
+        given = {"requests": {"cpu": "1", "memory": "2Gi"}}
+        self.assertEqual(container(render({"resources": given}))["resources"], given)
+
     def test_upstreams_render_as_the_binary_names_them(self):
         config = config_of(render(FIVE))
         self.assertIn(

@@ -77,3 +77,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "tls: regcache does not serve TLS on the client port yet; terminate TLS in front of the Service (an Ingress or a load balancer) and leave tls.secretName and tls.certManager.issuerRef empty" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* .Values.resources, or requests and limits that follow cache.memoryBytes. */}}
+{{- define "regcache.resources" -}}
+{{- if .Values.resources -}}
+{{- toYaml .Values.resources -}}
+{{- else -}}
+{{- $size := toString .Values.cache.memoryBytes -}}
+{{- $mib := 0 -}}
+{{- if hasSuffix "GiB" $size -}}{{- $mib = mulf (trimSuffix "GiB" $size | float64) 1024 -}}
+{{- else if hasSuffix "MiB" $size -}}{{- $mib = trimSuffix "MiB" $size | float64 -}}
+{{- else if hasSuffix "KiB" $size -}}{{- $mib = divf (trimSuffix "KiB" $size | float64) 1024 -}}
+{{- else -}}{{- fail (printf "cache.memoryBytes: give it in KiB, MiB or GiB to derive resources, or set resources (got %q)" $size) -}}
+{{- end -}}
+{{- $request := add (int (ceil $mib)) 192 -}}
+requests:
+  cpu: 250m
+  memory: {{ $request }}Mi
+limits:
+  memory: {{ mul $request 2 }}Mi
+{{- end -}}
+{{- end -}}
