@@ -84,10 +84,11 @@ if [[ $(weed version 2>/dev/null | head -n1) != *" $seaweedfs_version "* ]]; the
 fi
 
 # The chart tests (helm/tests/test_chart.py): Helm's own Go engine bound for
-# Python (no helm binary is needed) and the Kubernetes schemas. Into a
+# Python (no helm binary is needed), the Kubernetes schemas, and a PromQL
+# parser for the dashboard's and alerts' expressions. Into a
 # directory of their own, put on PYTHONPATH by scripts/test.sh.
 chart_tools=/opt/regcache-test-deps/chart-tools
-chart_pins=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0)
+chart_pins=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 promql-parser==0.12.0)
 if ! PYTHONPATH=$chart_tools python3 -S -c '
 import sys
 from importlib.metadata import version

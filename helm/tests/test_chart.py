@@ -1,7 +1,8 @@
 """The chart through Helm's own engine (helm-python-sdk): lint, render for
 several values files, validate every object against the Kubernetes schemas
-(kubernetes-validate), check the facts that matter, and have the real
-regcache binary accept the configuration the chart renders.
+(kubernetes-validate) and every alert and dashboard query as PromQL
+(promql-parser), check the facts that matter, and have the real regcache
+binary accept the configuration the chart renders.
 
     PYTHONPATH=/opt/regcache-test-deps/chart-tools python3 helm/tests/test_chart.py
 
@@ -17,6 +18,7 @@ import unittest
 
 import helm_python
 import kubernetes_validate
+import promql_parser
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -196,10 +198,16 @@ class Chart(unittest.TestCase):
             anchor = rule["annotations"]["runbook_url"].rsplit("#", 1)[1]
             self.assertIn(anchor, headings, f"{rule['alert']}: no runbook heading in docs/operations.md")
             self.assertIn(rule["labels"]["severity"], ("critical", "warning", "info"))
+        for rule in rules:
+            promql_parser.parse(rule["expr"])
         dashboard = one(objects, "ConfigMap", "regcache-dashboard")
         self.assertEqual(dashboard["metadata"]["labels"]["grafana_dashboard"], "1")
         panels = json.loads(dashboard["data"]["regcache.json"])["panels"]
         self.assertIn("Hit ratio", [p["title"] for p in panels[:3]], "the dashboard leads with what the cache saves")
+        for panel in panels:
+            for target in panel.get("targets", []):
+                # Grafana fills in $__rate_interval; any range parses alike.
+                promql_parser.parse(target["expr"].replace("$__rate_interval", "5m"))
 
     def test_probes_disruption_budget_and_security_context(self):
         objects = render(FIVE)
