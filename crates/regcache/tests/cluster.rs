@@ -227,6 +227,21 @@ fn a_killed_leader_is_replaced_and_catches_up_when_it_returns() {
     assert_eq!(manifest_gets(&registry), 0, "{:?}", registry.requests());
 }
 
+/// A whole cluster stopped at once (the StatefulSet deleted): members that
+/// are stopping refuse Raft RPCs instead of handing them to a stopped core,
+/// so no member logs an error.
+#[test]
+fn every_member_stopped_at_once_logs_no_error() {
+    let registry = Registry::start().expect("registry");
+    let mut cluster = Cluster::start(&registry.url(), 3, &[]);
+    cluster.leader(&[1, 2, 3], ELECTION_DEADLINE);
+    for logs in cluster.stop_all() {
+        let errors: Vec<&str> = logs.lines().filter(|l| l.contains(" ERROR ")).collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+        assert!(logs.contains("regcache stopped"), "{logs}");
+    }
+}
+
 #[test]
 fn a_stopping_leader_hands_over_to_a_follower() {
     let registry = Registry::start().expect("registry");

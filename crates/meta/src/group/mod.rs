@@ -173,6 +173,9 @@ impl Group {
             task.abort();
         }
         hand_over::hand_over(&self.raft).await;
+        // After the hand-over (whose successor answers over RPC, and may
+        // send this member a last heartbeat): the others are told it stops.
+        self.service.stop();
         if let Err(e) = self.raft.shutdown().await {
             warn!(error = %e, "stopping raft failed");
         }

@@ -10,6 +10,8 @@
 
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use openraft::errors::RaftError;
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
@@ -38,6 +40,10 @@ pub const MAX_SNAPSHOT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 pub struct RaftService {
     raft: Raft,
     incoming: PathBuf,
+    /// Set when this member starts stopping: RPCs are refused from then on
+    /// rather than handed to a Raft core that is going away (openraft logs
+    /// an ERROR for each, e.g. when a whole cluster stops at once).
+    stopping: Arc<AtomicBool>,
 }
 
 impl RaftService {
@@ -48,7 +54,20 @@ impl RaftService {
         Ok(RaftService {
             raft,
             incoming: incoming.to_path_buf(),
+            stopping: Arc::default(),
         })
+    }
+
+    /// Refuses every RPC from now on: this member is stopping.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    fn refuse_when_stopping(&self) -> Result<(), Status> {
+        match self.stopping.load(Ordering::Relaxed) {
+            true => Err(Status::unavailable("this member is stopping")),
+            false => Ok(()),
+        }
     }
 
     /// The tonic service to add to a `Server`, with decoding bounded.
@@ -123,6 +142,7 @@ impl RaftService {
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn append_entries(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.refuse_when_stopping()?;
         let req: AppendEntriesRequest<TypeConfig> =
             decode(&request.into_inner().json, "append entries request")?;
         let resp = self.raft.append_entries(req).await.map_err(stopped)?;
@@ -130,12 +150,14 @@ impl RaftRpc for RaftService {
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.refuse_when_stopping()?;
         let req: VoteRequest<TypeConfig> = decode(&request.into_inner().json, "vote request")?;
         let resp = self.raft.vote(req).await.map_err(stopped)?;
         reply(&resp)
     }
 
     async fn transfer_leader(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.refuse_when_stopping()?;
         let req: TransferLeaderRequest<TypeConfig> =
             decode(&request.into_inner().json, "transfer leader request")?;
         let resp = self.raft.handle_transfer_leader(req).await.map_err(stopped)?;
@@ -146,6 +168,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftReply>, Status> {
+        self.refuse_when_stopping()?;
         let (vote, snapshot) = self
             .receive_snapshot(request.into_inner())
             .await
@@ -163,6 +186,7 @@ impl RaftRpc for RaftService {
     /// A proposal forwarded by a follower. Only the leader commits it; the
     /// follower asks again elsewhere on `failed_precondition`.
     async fn propose(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.refuse_when_stopping()?;
         let cmd: Command = decode(&request.into_inner().json, "command")?;
         StateDb::validate(&cmd).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let response = match self.raft.client_write(cmd).await {

@@ -158,6 +158,25 @@ impl Cluster {
         member.process.logs()
     }
 
+    /// SIGTERM to every running member at once (a whole StatefulSet
+    /// deleted), then waits for each; returns their logs.
+    pub fn stop_all(&mut self) -> Vec<String> {
+        let pids: Vec<String> = self
+            .members
+            .values()
+            .flatten()
+            .map(|m| m.process.pid().to_string())
+            .collect();
+        let signalled = std::process::Command::new("kill")
+            .arg("-TERM")
+            .args(&pids)
+            .status()
+            .expect("running kill");
+        assert!(signalled.success(), "kill -TERM {pids:?}");
+        let ids = self.running();
+        ids.into_iter().map(|id| self.stop(id)).collect()
+    }
+
     /// `/status.json`'s `raft` object as member `id` sees it.
     pub fn status(&self, id: u64) -> serde_json::Value {
         let (code, body) = raw_request(&self.member(id).host(), "GET", "/status.json");
