@@ -66,7 +66,8 @@ impl S3Server {
             let mut server = S3Server::prepare(bin.clone())?;
             match server.spawn() {
                 Ok(()) => return Ok(server),
-                Err(_) if attempts < 3 && server.logs().contains("address already in use") => {}
+                // Taken between the pick and the bind: weed says so either way.
+                Err(_) if attempts < 5 && port_taken(&server.logs()) => {}
                 Err(e) => return Err(e.context(format!("weed mini output:\n{}", server.logs()))),
             }
         }
@@ -332,6 +333,11 @@ fn weed_binary() -> anyhow::Result<PathBuf> {
 fn random_hex(bytes: usize) -> String {
     let random: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
     hex::encode(random)
+}
+
+/// Whether weed failed to start because one of its ports was taken.
+fn port_taken(logs: &str) -> bool {
+    logs.contains("address already in use") || logs.contains("Port allocation failed")
 }
 
 #[cfg(test)]
