@@ -200,6 +200,11 @@ impl Cache {
         self.inflight.len()
     }
 
+    /// How many downloads are under way on this replica.
+    pub fn download_count(&self) -> usize {
+        self.inflight.len()
+    }
+
     /// The downloads under way on this replica, by digest.
     pub fn downloads(&self) -> Vec<DownloadStatus> {
         self.inflight.statuses()

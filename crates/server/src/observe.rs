@@ -53,7 +53,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         Ok(gc) => telemetry::gc(&gc),
         Err(e) => tracing::warn!(error = %e, "reading the gc state failed"),
     }
-    telemetry::downloads(state.cache.downloads().len());
+    telemetry::downloads(state.cache.download_count());
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

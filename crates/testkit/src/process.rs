@@ -126,6 +126,12 @@ impl Process {
         self.reap();
     }
 
+    /// SIGTERM without waiting, to stop several processes at once; follow
+    /// with [`Process::stop`] to wait for each.
+    pub fn terminate(&self) -> bool {
+        self.exit.is_some() || signal("TERM", &[self.pid()])
+    }
+
     /// SIGTERM, wait up to 10 s for a graceful exit, then SIGKILL. Idempotent.
     pub fn stop(&mut self) {
         if self.exit.is_some() {

@@ -161,18 +161,9 @@ impl Cluster {
     /// SIGTERM to every running member at once (a whole StatefulSet
     /// deleted), then waits for each; returns their logs.
     pub fn stop_all(&mut self) -> Vec<String> {
-        let pids: Vec<String> = self
-            .members
-            .values()
-            .flatten()
-            .map(|m| m.process.pid().to_string())
-            .collect();
-        let signalled = std::process::Command::new("kill")
-            .arg("-TERM")
-            .args(&pids)
-            .status()
-            .expect("running kill");
-        assert!(signalled.success(), "kill -TERM {pids:?}");
+        for member in self.members.values().flatten() {
+            assert!(member.process.terminate(), "SIGTERM to a member");
+        }
         let ids = self.running();
         ids.into_iter().map(|id| self.stop(id)).collect()
     }
