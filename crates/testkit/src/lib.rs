@@ -20,23 +20,29 @@
 //! # Ok(()) }
 //! ```
 
+mod cluster;
 mod digest;
 mod fault;
 mod http;
 mod layer;
 mod layout;
 mod process;
+mod raw;
+mod regcache;
 mod registry;
 mod s3;
 mod seeded;
 mod skopeo;
 
+pub use cluster::{Cluster, manifest_digest};
 pub use digest::{sha256_bytes, sha256_file, sha256_object};
 pub use fault::{Fault, FaultProxy, Rule, Seen};
 pub use http::{free_port, stable_port, wait_for_http};
 pub use layer::LayerCompression;
 pub use layout::{BuiltImage, BuiltIndex, ImageSpec, OciLayout};
 pub use process::Process;
+pub use raw::{RawResponse, raw_request, raw_request_with};
+pub use regcache::{ACCEPT_ALL, Regcache, metric, metrics, regcache_bin, s3_args, start_s3_replica};
 pub use registry::{AccessLine, Registry};
 pub use s3::S3Server;
 pub use seeded::SeededRegistry;

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{ACCEPT_ALL, Regcache, raw_request, raw_request_with};
+use crate::regcache::{ACCEPT_ALL, Regcache, s3_args};
+use crate::{raw_request, raw_request_with};
 
 /// A running group. Members are indexed by node id; a stopped member keeps
 /// its data dir and cluster port so it can start again.
@@ -40,7 +41,7 @@ impl Cluster {
     }
 
     /// [`Cluster::start_with_config`] with the object tier in `s3`'s bucket.
-    pub fn start_on_s3(upstream_url: &str, n: u64, toml: &str, s3: &testkit::S3Server) -> Cluster {
+    pub fn start_on_s3(upstream_url: &str, n: u64, toml: &str, s3: &crate::S3Server) -> Cluster {
         Self::start_on_s3_except(upstream_url, n, toml, s3, &[])
     }
 
@@ -50,11 +51,11 @@ impl Cluster {
         upstream_url: &str,
         n: u64,
         toml: &str,
-        s3: &testkit::S3Server,
+        s3: &crate::S3Server,
         absent: &[u64],
     ) -> Cluster {
         let shared = tempfile::tempdir().expect("shared dir");
-        let args = super::s3_args(s3);
+        let args = s3_args(s3);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Self::launch(upstream_url, n, shared, toml, &args, s3.env(), absent)
     }
@@ -70,7 +71,7 @@ impl Cluster {
     ) -> Cluster {
         let config = shared.path().join("regcache.toml");
         std::fs::write(&config, text).expect("config");
-        let ports = (1..=n).map(|id| (id, testkit::stable_port())).collect();
+        let ports = (1..=n).map(|id| (id, crate::stable_port())).collect();
         let mut cluster = Cluster {
             upstream_url: upstream_url.to_owned(),
             config,
@@ -96,7 +97,7 @@ impl Cluster {
     /// port and lists every known member, so it is never the lowest id and
     /// waits to be added instead of forming a group of its own.
     pub fn start_member(&mut self, id: u64) {
-        let port = *self.ports.entry(id).or_insert_with(testkit::stable_port);
+        let port = *self.ports.entry(id).or_insert_with(crate::stable_port);
         let dir = self
             .dirs
             .entry(id)
