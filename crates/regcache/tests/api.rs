@@ -233,3 +233,39 @@ async fn tag_lists_pass_through() {
         f.registry.requests()
     );
 }
+
+/// `Cache-Status` (RFC 9211) tells a client, and the load tests, whether the
+/// replica went to the upstream or answered from a tier of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_status_says_miss_then_hit() {
+    let f = fixture(&[]);
+    let http = client();
+    let status_of = |response: &reqwest::Response| -> String {
+        let value = response
+            .headers()
+            .get("cache-status")
+            .expect("a cache-status header");
+        value.to_str().expect("ascii").to_owned()
+    };
+    let manifest = f.cache.url("/v2/api/manifests/v1");
+    let (digest, _) = f.layer.clone();
+    let blob = f.cache.url(&format!("/v2/api/blobs/{digest}"));
+    let mut seen = Vec::new();
+    for url in [&manifest, &manifest, &blob, &blob] {
+        let response = http.get(url).header("accept", ACCEPT_ALL).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        seen.push(status_of(&response));
+        response.bytes().await.unwrap();
+    }
+    assert_eq!(
+        seen,
+        [
+            "regcache; fwd=miss; detail=upstream",
+            "regcache; hit; detail=memory",
+            "regcache; fwd=miss; detail=upstream",
+            "regcache; hit; detail=disk",
+        ]
+    );
+    let head = http.head(&blob).send().await.unwrap();
+    assert_eq!(status_of(&head), "regcache; hit; detail=disk");
+}

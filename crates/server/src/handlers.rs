@@ -1,7 +1,7 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use cache::{BlobHit, Body as CacheBody, ManifestHit};
+use cache::{BlobHit, Body as CacheBody, ManifestHit, Tier};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use oci::{Digest, ErrorCode, Reference, Tag, parse_range};
 use url::form_urlencoded;
@@ -14,6 +14,7 @@ use crate::routing::{Endpoint, Target, parse_path, unsupported};
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// Tag lists are read whole from the upstream, so they are bounded.
 const MAX_TAGS_LIST_BYTES: u64 = 8 << 20;
 
@@ -141,6 +142,7 @@ fn manifest_response(hit: ManifestHit, head: bool) -> Response {
         headers.insert(header::CONTENT_TYPE, media_type);
     }
     digest_headers(&mut headers, &hit.digest);
+    headers.insert(CACHE_STATUS, cache_status(hit.tier));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(hit.bytes.len()));
     let body = if head {
         Body::empty()
@@ -158,6 +160,7 @@ fn blob_response(digest: &Digest, hit: BlobHit, head: bool) -> Response {
     );
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     digest_headers(&mut headers, digest);
+    headers.insert(CACHE_STATUS, cache_status(hit.tier));
     let (status, length) = match hit.span {
         Some((start, end)) => {
             debug_assert!(start < end && end <= hit.size);
@@ -176,6 +179,21 @@ fn blob_response(digest: &Digest, hit: BlobHit, head: bool) -> Response {
         (false, CacheBody::Stream(stream)) => Body::from_stream(stream),
     };
     (status, headers, body).into_response()
+}
+
+/// RFC 9211's `Cache-Status`: whether this replica answered from its own
+/// tiers (`hit`) or went forward to the upstream or the owner (`fwd=miss`),
+/// with the tier as detail, so clients and load tests can tell them apart.
+fn cache_status(tier: Tier) -> HeaderValue {
+    HeaderValue::from_static(match tier {
+        Tier::Memory => "regcache; hit; detail=memory",
+        Tier::Disk => "regcache; hit; detail=disk",
+        Tier::Object => "regcache; hit; detail=object",
+        Tier::Stale => "regcache; hit; detail=stale",
+        Tier::Inflight => "regcache; fwd=miss; detail=inflight",
+        Tier::Peer => "regcache; fwd=miss; detail=peer",
+        Tier::Upstream => "regcache; fwd=miss; detail=upstream",
+    })
 }
 
 fn digest_headers(headers: &mut HeaderMap, digest: &Digest) {
