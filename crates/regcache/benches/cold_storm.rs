@@ -20,7 +20,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::Cluster;
 use common::rollout::{MIB, Upstream, storm};
@@ -49,11 +49,8 @@ fn main() -> anyhow::Result<()> {
     drop(single);
 
     let cluster = Cluster::start_on_s3(&upstream.proxy.url(), 3, "", &s3);
-    cluster.leader(&[1, 2, 3], Duration::from_secs(20));
+    cluster.serving(Duration::from_secs(20));
     let hosts: Vec<String> = (1..=3).map(|id| cluster.member(id).host()).collect();
-    for host in &hosts {
-        wait_for_owner_key(host)?;
-    }
     run("regcache, 3 members", &hosts, &mut upstream)?;
     drop(cluster);
 
@@ -85,19 +82,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Waits until the member at `host` knows the group's owner key.
-fn wait_for_owner_key(host: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = common::raw_request(host, "GET", "/status.json");
-        let status: serde_json::Value = serde_json::from_slice(&body)?;
-        if status["peers"]["owner_key"] == true {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{host} never learned the owner key");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// One setup's figures.
 struct Row {
     name: &'static str,

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
-use common::rollout::{Upstream, peers_status, storm, wait_until};
+use common::rollout::{Upstream, storm};
 use testkit::{Fault, Rule, S3Server};
 
 /// The metric names an expression text mentions (a histogram's series by
@@ -102,12 +102,7 @@ fn every_metric_the_dashboard_and_alerts_query_exists() {
     let toml = "[cache]\ndisk_bytes = \"3MiB\"\ntag_ttl = \"1s\"\n\
                 [gc]\nttl = \"1s\"\ninterval = \"1h\"\nsweep_delay = \"1s\"\n";
     let mut cluster = Cluster::start_on_s3(&upstream.proxy.url(), 3, toml, &s3);
-    cluster.leader(&[1, 2, 3], Duration::from_secs(20));
-    for id in 1..=3 {
-        wait_until(Duration::from_secs(10), "the owner key", || {
-            peers_status(&cluster, id)["owner_key"] == true
-        });
-    }
+    cluster.serving(Duration::from_secs(20));
 
     // Cold, then warm pulls, through every member; a digest nobody has.
     pull_all(&cluster, &upstream, &[1, 2, 3], &warm.blob_digests());

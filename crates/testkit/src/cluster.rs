@@ -45,6 +45,23 @@ impl Cluster {
         Self::start_on_s3_except(upstream_url, n, toml, s3, &[])
     }
 
+    /// [`Cluster::start_on_s3`] with more environment for every member
+    /// (e.g. `RUST_LOG`).
+    pub fn start_on_s3_with_env(
+        upstream_url: &str,
+        n: u64,
+        toml: &str,
+        s3: &crate::S3Server,
+        env: &[(&'static str, String)],
+    ) -> Cluster {
+        let shared = tempfile::tempdir().expect("shared dir");
+        let args = s3_args(s3);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut all = s3.env();
+        all.extend(env.iter().cloned());
+        Self::launch(upstream_url, n, shared, toml, &args, all, &[])
+    }
+
     /// [`Cluster::start_on_s3`] with the members in `absent` listed as peers
     /// but not started: the test runs them itself, at [`Cluster::cluster_addr`].
     pub fn start_on_s3_except(
@@ -197,6 +214,28 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until the running members agree on a leader that can commit
+    /// and each knows the owner key, so a cold blob is fetched once for the
+    /// group (peer streaming) rather than by whoever was asked; returns the
+    /// leader.
+    pub fn serving(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let running = self.running();
+        let leader = self.leader(&running, timeout);
+        for id in running {
+            loop {
+                let (_, body) = raw_request(&self.member(id).host(), "GET", "/status.json");
+                let status: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                if status["peers"]["owner_key"] == true {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "member {id} never learned the owner key");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        leader
     }
 
     /// Waits until member `id` has applied everything member `leader` has

@@ -100,6 +100,11 @@ impl Registry {
         }
     }
 
+    /// The registry process's id (e.g. to read its peak memory).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://{}", self.host())

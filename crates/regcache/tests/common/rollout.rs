@@ -88,14 +88,7 @@ impl Upstream {
 /// Three members on `s3`, once each knows the group's owner key.
 pub fn start_cluster(upstream: &Upstream, s3: &S3Server) -> Cluster {
     let cluster = Cluster::start_on_s3(&upstream.proxy.url(), 3, "", s3);
-    cluster.leader(&[1, 2, 3], Duration::from_secs(20));
-    for id in 1..=3 {
-        wait_until(
-            Duration::from_secs(10),
-            &format!("member {id} learns the owner key"),
-            || peers_status(&cluster, id)["owner_key"] == true,
-        );
-    }
+    cluster.serving(Duration::from_secs(20));
     cluster
 }
 
