@@ -57,3 +57,12 @@ export const plan = loadPlan();
 export function targetFor(vuId) {
     return targets[(Math.max(vuId, 1) - 1) % targets.length];
 }
+
+// The URL of a retry: the same path on the next target. A runtime pulling
+// through a Kubernetes Service reaches another replica when it retries,
+// since a dead pod's endpoint is taken out; so does a load test's retry.
+export function failover(url) {
+    const i = targets.findIndex((t) => url.startsWith(`${t}/`));
+    if (i < 0 || targets.length === 1) return url;
+    return targets[(i + 1) % targets.length] + url.slice(targets[i].length);
+}

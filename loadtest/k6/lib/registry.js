@@ -6,7 +6,7 @@ import http from 'k6/http';
 import { check, sleep } from 'k6';
 import crypto from 'k6/crypto';
 import { Counter, Rate, Trend } from 'k6/metrics';
-import { knobs } from './config.js';
+import { failover, knobs } from './config.js';
 
 // Time to first byte of every successful answer, tagged cache (hit|miss|none)
 // and kind (manifest|index|config|layer|range).
@@ -17,7 +17,8 @@ export const pullFailures = new Rate('pull_failures');
 // Bodies (or advertised lengths) that do not match their digest and size.
 export const corrupt = new Counter('corrupt');
 export const retries = new Counter('retries');
-// Whole pull, manifest to last layer, of pulls that succeeded.
+// Whole pull, manifest to last layer, of pulls that succeeded (Date.now():
+// millisecond resolution, k6 has no finer clock).
 export const pullDuration = new Trend('pull_duration', true);
 
 const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
@@ -41,8 +42,8 @@ export function cacheClass(res) {
     return 'none';
 }
 
-// What containerd retries: no answer at all, a body cut short (an error with
-// a success status), 5xx and 429. A 404 is an answer.
+// Worth a retry, as a runtime sees it: no answer at all, a body cut short (an
+// error with a success status), 5xx and 429. A 404 is an answer.
 function retryable(res) {
     if (res.status === 0 || res.status === 429 || res.status >= 500) return true;
     return res.status < 400 && res.error_code !== 0;
@@ -53,14 +54,16 @@ function backoffSeconds(attempt) {
     return Math.min(0.1 * 2 ** attempt, 2);
 }
 
-// A GET with up to RETRIES retries on the same target. `first` is an answer
-// already in hand (from http.batch) or undefined. Successful answers go into
-// ttfb; kindOf(res) may refine the kind once the answer is known.
+// A GET with up to RETRIES retries, each on the next target (failover).
+// `first` is an answer already in hand (from http.batch) or undefined.
+// Successful answers go into ttfb; kindOf(res) may refine the kind once the
+// answer is known.
 export function get(url, params, first, kindOf) {
     let res = first || http.get(url, params);
     for (let attempt = 0; attempt < knobs.retries && retryable(res); attempt++) {
         retries.add(1, { kind: params.tags.kind });
         sleep(backoffSeconds(attempt));
+        url = failover(url);
         res = http.get(url, params);
     }
     if (res.status >= 200 && res.status < 300 && res.error_code === 0) {
@@ -70,9 +73,15 @@ export function get(url, params, first, kindOf) {
     return res;
 }
 
-function isIndex(res, doc) {
-    const type = doc.mediaType || res.headers['Content-Type'] || '';
-    return type.startsWith(OCI_INDEX) || type.startsWith(DOCKER_LIST) || (!doc.mediaType && Array.isArray(doc.manifests));
+function isIndexType(type) {
+    return !!type && (type.startsWith(OCI_INDEX) || type.startsWith(DOCKER_LIST));
+}
+
+// From the Content-Type alone: what ttfb records for a manifest GET whose
+// body k6 may have discarded. (Request tags are fixed before the answer, so
+// a GET by tag is tagged kind=manifest even when an index comes back.)
+export function manifestKind(res) {
+    return isIndexType(res.headers['Content-Type']) ? 'index' : 'manifest';
 }
 
 function parse(res) {
@@ -85,7 +94,7 @@ function parse(res) {
 
 // GET a manifest (by tag or digest) as bytes and check it is what its
 // Docker-Content-Digest (and the digest asked for) says. Returns the parsed
-// document, or null when the pull must stop.
+// document with isIndex set, or null when the pull must stop.
 export function fetchManifest(base, repo, ref) {
     const byDigest = ref.startsWith('sha256:');
     const params = {
@@ -93,22 +102,23 @@ export function fetchManifest(base, repo, ref) {
         responseType: 'binary', // small; hashed every time
         tags: { kind: 'manifest', name: byDigest ? 'GET manifest by digest' : 'GET manifest by tag' },
     };
-    let doc = null;
-    // Request tags are fixed before the answer; ttfb records what came back.
-    const res = get(`${base}/v2/${repo}/manifests/${ref}`, params, undefined, (r) => {
-        doc = parse(r);
-        return doc && isIndex(r, doc) ? 'index' : 'manifest';
-    });
-    if (!check(res, { 'manifest status 200': (r) => r.status === 200 })) return null;
+    const res = get(`${base}/v2/${repo}/manifests/${ref}`, params, undefined, manifestKind);
+    if (!check(res, { 'manifest status 200': (r) => r.status === 200 && r.error_code === 0 })) return null;
     const sent = res.headers['Docker-Content-Digest'];
+    if (!check(res, { 'manifest digest header': () => !!sent })) return null;
     const actual = `sha256:${crypto.sha256(res.body, 'hex')}`;
     const good = sent === actual && (!byDigest || actual === ref);
     if (!check(res, { 'manifest digest': () => good })) {
         corrupt.add(1, { kind: 'manifest' });
         return null;
     }
+    const doc = parse(res);
     if (!check(doc, { 'manifest parses': (d) => d !== null && typeof d === 'object' })) return null;
-    doc.isIndex = isIndex(res, doc);
+    // The body's mediaType is authoritative; without one, the header, then
+    // the shape (an index has manifests and no config).
+    doc.isIndex =
+        isIndexType(doc.mediaType || res.headers['Content-Type']) ||
+        (!doc.mediaType && !doc.config && Array.isArray(doc.manifests));
     return doc;
 }
 

@@ -1,0 +1,75 @@
+//! regcache's load tool: starts the real servers through testkit (the
+//! upstream registry with seeded images, SeaweedFS, regcache as a cluster or
+//! one replica, and the anchors: distribution's proxy and nginx), loads them
+//! with k6 and wrk, and prints one table of figures and ratios measured in
+//! the same run. See loadtest/README.md.
+
+mod bench;
+mod cpu;
+mod fetch;
+mod k6;
+mod nginx;
+mod report;
+mod seed;
+mod serve;
+mod setup;
+mod wrk;
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Load tests of regcache against distribution's proxy and nginx, as ratios")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Seconds, not minutes: small images and short runs (what CI runs).
+    #[arg(long, global = true)]
+    smoke: bool,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    /// Exit 1 when a figure misses its target (figures on a shared machine
+    /// are noisy, so by default only broken runs fail).
+    #[arg(long, global = true)]
+    strict: bool,
+    /// Keep the work directory (plans, k6 summaries) and print its path.
+    #[arg(long, global = true)]
+    keep: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// k6 scenarios (pull, fleet, manifests, storm, ranges) against a
+    /// 3-member cluster, one replica and distribution's proxy.
+    Bench,
+    /// One warm replica against nginx and distribution's proxy with wrk and
+    /// curl: blobs from memory, disk and S3, manifests by tag, peak RSS.
+    Serve,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let work = tempfile::Builder::new().prefix("loadtest-").tempdir()?;
+    let (report, failures) = match cli.command {
+        Command::Bench => bench::run(&bench::Scale::new(cli.smoke), work.path())?,
+        Command::Serve => (serve::run(&serve::Scale::new(cli.smoke))?, Vec::new()),
+    };
+    report.print();
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report.to_json())?)?;
+    }
+    if cli.keep {
+        eprintln!("loadtest: work files kept in {}", work.keep().display());
+    }
+    if !failures.is_empty() {
+        bail!("broken: {}", failures.join("; "));
+    }
+    let misses = report.misses();
+    if cli.strict && !misses.is_empty() {
+        bail!("targets missed: {}", misses.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! The servers a scenario loads: a regcache cluster on S3, one regcache
+//! replica (the embedded default), or distribution's pull-through proxy,
+//! each in front of the same upstream. Started through testkit, as the
+//! tests start them.
+
+use std::time::Duration;
+
+use testkit::{Cluster, Regcache, Registry, S3Server};
+
+/// regcache logs at `warn` under load, as the anchors run with their access
+/// logs off: a line per request would measure the logger. The binary's own
+/// `info` lines stay: the harness reads the bound address from one.
+pub const QUIET: (&str, &str) = ("RUST_LOG", "warn,regcache=info");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Three members on one S3 bucket.
+    Cluster,
+    /// One replica on local disk: the embedded default.
+    Single,
+    /// distribution's proxy (`docker-registry` with `proxy.remoteurl`).
+    Distribution,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Cluster => "cluster(3)",
+            Kind::Single => "single",
+            Kind::Distribution => "distribution",
+        }
+    }
+
+    pub fn is_regcache(self) -> bool {
+        self != Kind::Distribution
+    }
+}
+
+pub enum Setup {
+    // The cluster is declared before its bucket: members stop first.
+    Cluster { cluster: Box<Cluster>, _s3: S3Server },
+    Single { cache: Regcache, _dir: tempfile::TempDir },
+    Distribution { proxy: Registry },
+}
+
+impl Setup {
+    pub fn start(kind: Kind, upstream_url: &str) -> anyhow::Result<Setup> {
+        let quiet = [(QUIET.0, QUIET.1.to_owned())];
+        Ok(match kind {
+            Kind::Cluster => {
+                let s3 = S3Server::start()?;
+                let cluster = Cluster::start_on_s3_with_env(upstream_url, 3, "", &s3, &quiet);
+                cluster.serving(Duration::from_secs(30));
+                Setup::Cluster {
+                    cluster: Box::new(cluster),
+                    _s3: s3,
+                }
+            }
+            Kind::Single => {
+                let dir = tempfile::tempdir()?;
+                let cache = Regcache::start_url_env(upstream_url, dir.path(), &[], &quiet);
+                Setup::Single { cache, _dir: dir }
+            }
+            Kind::Distribution => Setup::Distribution {
+                proxy: Registry::start_proxy(upstream_url)?,
+            },
+        })
+    }
+
+    /// Base URLs a client spreads its requests over.
+    pub fn targets(&self) -> Vec<String> {
+        match self {
+            Setup::Cluster { cluster, .. } => cluster
+                .running()
+                .into_iter()
+                .map(|id| cluster.member(id).url(""))
+                .collect(),
+            Setup::Single { cache, .. } => vec![cache.url("")],
+            Setup::Distribution { proxy } => vec![proxy.url()],
+        }
+    }
+
+    /// The largest peak resident set of the setup's server processes.
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        let pids: Vec<u32> = match self {
+            Setup::Cluster { cluster, .. } => cluster
+                .running()
+                .into_iter()
+                .map(|id| cluster.member(id).process.pid())
+                .collect(),
+            Setup::Single { cache, .. } => vec![cache.process.pid()],
+            Setup::Distribution { proxy } => vec![proxy.pid()],
+        };
+        pids.into_iter().filter_map(peak_rss_mib).reduce(f64::max)
+    }
+}
+
+/// `VmHWM` of a process, in MiB.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
