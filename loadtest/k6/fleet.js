@@ -52,6 +52,7 @@ export const options = scenarioOptions(
 );
 
 export function setup() {
+    if (!knobs.warm) return { warmMs: 0 };
     const start = Date.now();
     let failed = 0;
     for (const base of targets) {

@@ -142,7 +142,10 @@ fn measure(
     let pull = run(
         "pull",
         &plan("pull", &seeded.pull_images, &[])?,
-        &[("VUS", (scale.vus / 4).max(2).to_string()), ("DURATION", duration.clone())],
+        &[
+            ("VUS", (scale.vus / 4).max(2).to_string()),
+            ("DURATION", duration.clone()),
+        ],
     )?;
     let fleet = run(
         "fleet",
@@ -169,7 +172,10 @@ fn measure(
     let ranges = run(
         "ranges",
         &plan("ranges", &[], std::slice::from_ref(&seeded.ranges))?,
-        &[("VUS", (scale.vus / 8).max(2).to_string()), ("DURATION", duration)],
+        &[
+            ("VUS", (scale.vus / 8).max(2).to_string()),
+            ("DURATION", duration),
+        ],
     )?;
     let range_gets = upstream.blob_gets(&seeded.ranges.blobs[1..]) as f64;
     let mut crossed = Vec::new();
@@ -218,15 +224,30 @@ fn report(scale: &Scale, kinds: &[Kind], measured: &[Measured]) -> Report {
         .row("fleet: pulls/s (warm)", all(&|m| m.fleet.per_second("pulls")))
         .ratio(0, 2, Target::AtLeast(2.5));
     report.row("fleet: MB/s", all(&|m| mb(&m.fleet)));
-    report.row("fleet: pull p99 ms", all(&|m| m.fleet.value("pull_duration", "p(99)")));
-    report.row("fleet: dropped pulls", all(&|m| Some(m.fleet.total("dropped_iterations"))));
+    report.row(
+        "fleet: pull p99 ms",
+        all(&|m| m.fleet.value("pull_duration", "p(99)")),
+    );
+    report.row(
+        "fleet: dropped pulls",
+        all(&|m| Some(m.fleet.total("dropped_iterations"))),
+    );
     report.row("manifests: req/s", all(&|m| m.manifests.per_second("http_reqs")));
-    report.row("manifests: TTFB p99 ms", all(&|m| m.manifests.value("ttfb", "p(99)")));
+    report.row(
+        "manifests: TTFB p99 ms",
+        all(&|m| m.manifests.value("ttfb", "p(99)")),
+    );
     report
-        .row("storm: upstream GETs per blob", all(&|m| Some(m.storm_gets_per_blob)))
+        .row(
+            "storm: upstream GETs per blob",
+            all(&|m| Some(m.storm_gets_per_blob)),
+        )
         .limit(0, Target::AtMost(1.0));
     report.row("storm: TTFB p99 ms", all(&|m| m.storm.value("ttfb", "p(99)")));
-    report.row("storm: pull p99 ms", all(&|m| m.storm.value("pull_duration", "p(99)")));
+    report.row(
+        "storm: pull p99 ms",
+        all(&|m| m.storm.value("pull_duration", "p(99)")),
+    );
     report.row("ranges: MB/s", all(&|m| mb(&m.ranges)));
     report.row("ranges: upstream GETs", all(&|m| Some(m.range_gets)));
     report.row(

@@ -70,6 +70,9 @@ pub fn get_checked(base: &str, path: &str, headers: &[&str], digest: &str) -> an
         );
     }
     let got = format!("sha256:{}", hex::encode(hasher.finalize()));
-    ensure!(got == digest, "{base}{path}: body hashes to {got}, expected {digest}");
+    ensure!(
+        got == digest,
+        "{base}{path}: body hashes to {got}, expected {digest}"
+    );
     Ok(header("cache-status"))
 }

@@ -1,7 +1,7 @@
 //! Runs a k6 scenario of `loadtest/k6/` and reads back its summary.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
@@ -11,7 +11,9 @@ const THRESHOLDS_CROSSED: i32 = 99;
 
 /// Where the scenarios live: next to this crate's sources.
 fn scenario_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("k6").join(format!("{name}.js"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("k6")
+        .join(format!("{name}.js"))
 }
 
 /// One k6 run's end-of-test data (`handleSummary`'s `data`).
@@ -32,7 +34,9 @@ impl Summary {
     /// A counter's count over the whole run, warm-up included, 0 when
     /// nothing was counted (k6 then omits it): for what must never happen.
     pub fn total(&self, metric: &str) -> f64 {
-        self.data["metrics"][metric]["values"]["count"].as_f64().unwrap_or(0.0)
+        self.data["metrics"][metric]["values"]["count"]
+            .as_f64()
+            .unwrap_or(0.0)
     }
 
     /// `metric`'s count per second of the measured phase.
@@ -73,11 +77,28 @@ pub fn run(
     vars: &[(&str, String)],
     work: &Path,
 ) -> anyhow::Result<Summary> {
+    start(name, targets, plan, vars, work)?.wait()
+}
+
+/// A k6 run under way, while the caller does something to the servers.
+pub struct Running {
+    child: Child,
+    name: String,
+    summary_path: PathBuf,
+}
+
+/// [`run`] without waiting for it.
+pub fn start(
+    name: &str,
+    targets: &[String],
+    plan: &Path,
+    vars: &[(&str, String)],
+    work: &Path,
+) -> anyhow::Result<Running> {
     let summary_path = work.join(format!("{name}-summary.json"));
     let _ = std::fs::remove_file(&summary_path);
     let mut cmd = Command::new("k6");
     cmd.args(["run", "--quiet", "--no-usage-report", "--no-color"])
-        .args(["--summary-trend-stats", "avg,min,med,max,p(90),p(95),p(99)"])
         .args(["-e", &format!("TARGETS={}", targets.join(","))])
         .args(["-e", &format!("PLAN={}", plan.display())])
         .args(["-e", &format!("SUMMARY={}", summary_path.display())]);
@@ -85,17 +106,33 @@ pub fn run(
         cmd.args(["-e", &format!("{key}={value}")]);
     }
     cmd.arg(scenario_path(name));
-    let status = cmd
-        .status()
+    let child = cmd
+        .spawn()
         .context("running k6 (installed by scripts/install-test-deps.sh)")?;
-    if !status.success() && status.code() != Some(THRESHOLDS_CROSSED) {
-        bail!("k6 {name} failed: {status}");
-    }
-    let text = std::fs::read(&summary_path)
-        .with_context(|| format!("k6 {name} wrote no summary at {}", summary_path.display()))?;
-    let data = serde_json::from_slice(&text).context("parsing k6's summary")?;
-    Ok(Summary {
-        data,
-        scenario: name.to_owned(),
+    Ok(Running {
+        child,
+        name: name.to_owned(),
+        summary_path,
     })
+}
+
+impl Running {
+    pub fn wait(mut self) -> anyhow::Result<Summary> {
+        let status = self.child.wait()?;
+        if !status.success() && status.code() != Some(THRESHOLDS_CROSSED) {
+            bail!("k6 {} failed: {status}", self.name);
+        }
+        let text = std::fs::read(&self.summary_path).with_context(|| {
+            format!(
+                "k6 {} wrote no summary at {}",
+                self.name,
+                self.summary_path.display()
+            )
+        })?;
+        let data = serde_json::from_slice(&text).context("parsing k6's summary")?;
+        Ok(Summary {
+            data,
+            scenario: self.name,
+        })
+    }
 }

@@ -6,6 +6,7 @@
 
 mod bench;
 mod cpu;
+mod faults;
 mod fetch;
 mod k6;
 mod nginx;
@@ -48,6 +49,9 @@ enum Command {
     /// One warm replica against nginx and distribution's proxy with wrk and
     /// curl: blobs from memory, disk and S3, manifests by tag, peak RSS.
     Serve,
+    /// The fleet scenario on a 3-member cluster while a follower, then the
+    /// leader, is killed -9 and the S3 server is stopped.
+    Faults,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +59,7 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("loadtest-").tempdir()?;
     let (report, failures) = match cli.command {
         Command::Bench => bench::run(&bench::Scale::new(cli.smoke), work.path())?,
+        Command::Faults => faults::run(&faults::Scale::new(cli.smoke), work.path())?,
         Command::Serve => (serve::run(&serve::Scale::new(cli.smoke))?, Vec::new()),
     };
     report.print();

@@ -35,8 +35,19 @@ impl Target {
 /// value as it is.
 #[derive(Clone, Copy, Debug)]
 enum Check {
-    Ratio { of: usize, to: usize, target: Target },
-    Value { of: usize, target: Target },
+    Ratio {
+        of: usize,
+        to: usize,
+        target: Target,
+    },
+    Value {
+        of: usize,
+        target: Target,
+    },
+    /// Every measured column; the worst one is shown.
+    Each {
+        target: Target,
+    },
 }
 
 pub struct Row {
@@ -56,6 +67,11 @@ impl Row {
         self.check = Some(Check::Value { of, target });
     }
 
+    /// Every column's figure (those measured) against `target`.
+    pub fn each(&mut self, target: Target) {
+        self.check = Some(Check::Each { target });
+    }
+
     /// The checked quantity, its target, and whether it is met; `None` when
     /// unchecked. A figure that could not be measured misses its target.
     fn verdict(&self) -> Option<(Option<f64>, Target, bool)> {
@@ -68,6 +84,14 @@ impl Row {
                 (ratio, target)
             }
             Check::Value { of, target } => (self.values[of], target),
+            Check::Each { target } => {
+                let measured = self.values.iter().flatten().copied();
+                let worst = match target {
+                    Target::AtLeast(_) => measured.reduce(f64::min),
+                    Target::AtMost(_) | Target::Info => measured.reduce(f64::max),
+                };
+                (worst, target)
+            }
         };
         Some((value, target, value.is_some_and(|v| target.met(v))))
     }
@@ -189,12 +213,26 @@ mod tests {
     #[test]
     fn ratios_and_limits_are_checked() {
         let mut report = Report::new("t", &["a", "b"]);
-        report.row("fast", vec![Some(30.0), Some(10.0)]).ratio(0, 1, Target::AtLeast(2.5));
-        report.row("slow", vec![Some(20.0), Some(10.0)]).ratio(0, 1, Target::AtLeast(2.5));
-        report.row("rss", vec![Some(120.0), None]).limit(0, Target::AtMost(150.0));
-        report.row("lost", vec![None, Some(1.0)]).ratio(0, 1, Target::AtLeast(1.0));
+        report
+            .row("fast", vec![Some(30.0), Some(10.0)])
+            .ratio(0, 1, Target::AtLeast(2.5));
+        report
+            .row("slow", vec![Some(20.0), Some(10.0)])
+            .ratio(0, 1, Target::AtLeast(2.5));
+        report
+            .row("rss", vec![Some(120.0), None])
+            .limit(0, Target::AtMost(150.0));
+        report
+            .row("lost", vec![None, Some(1.0)])
+            .ratio(0, 1, Target::AtLeast(1.0));
         report.row("info", vec![Some(1.0), Some(2.0)]);
-        assert_eq!(report.misses(), ["slow", "lost"]);
+        report
+            .row("worst", vec![Some(0.0), Some(2.0)])
+            .each(Target::AtMost(1.0));
+        report
+            .row("all", vec![Some(5.0), None])
+            .each(Target::AtLeast(1.0));
+        assert_eq!(report.misses(), ["slow", "lost", "worst"]);
         let json = report.to_json();
         assert_eq!(json["rows"][0]["checked"], 3.0);
         assert_eq!(json["rows"][0]["pass"], true);

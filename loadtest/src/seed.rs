@@ -46,7 +46,8 @@ impl Upstream {
     pub fn push_image(&mut self, repo: &str, tag: &str, layers: &[u64]) -> anyhow::Result<Image> {
         let own_tag = self.next_tag();
         let image = self.layout.add_image(&own_tag, &ImageSpec::new(layers))?;
-        self.layout.push(&own_tag, &self.registry, &format!("{repo}:{tag}"))?;
+        self.layout
+            .push(&own_tag, &self.registry, &format!("{repo}:{tag}"))?;
         self.pulled(repo, tag, &image.manifest_digest, &image)
     }
 
@@ -60,7 +61,8 @@ impl Upstream {
             os: "linux".into(),
         });
         let index = self.layout.add_index(&own_tag, &specs)?;
-        self.layout.push(&own_tag, &self.registry, &format!("{repo}:{tag}"))?;
+        self.layout
+            .push(&own_tag, &self.registry, &format!("{repo}:{tag}"))?;
         self.pulled(repo, tag, &index.index_digest, &index.images[0])
     }
 
@@ -100,7 +102,10 @@ impl Upstream {
 /// layers of `range_images` as blobs. Repositories keep their `library/`
 /// prefix: distribution's proxy does not add it as Docker Hub does.
 pub fn write_plan(path: &Path, images: &[Image], range_images: &[Image]) -> anyhow::Result<()> {
-    let images: Vec<_> = images.iter().map(|i| json!({ "repo": i.repo, "tag": i.tag })).collect();
+    let images: Vec<_> = images
+        .iter()
+        .map(|i| json!({ "repo": i.repo, "tag": i.tag }))
+        .collect();
     let blobs: Vec<_> = range_images
         .iter()
         .flat_map(|i| {
@@ -111,5 +116,6 @@ pub fn write_plan(path: &Path, images: &[Image], range_images: &[Image]) -> anyh
         })
         .collect();
     let plan = json!({ "images": images, "blobs": blobs });
-    std::fs::write(path, serde_json::to_vec_pretty(&plan)?).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, serde_json::to_vec_pretty(&plan)?)
+        .with_context(|| format!("writing {}", path.display()))
 }

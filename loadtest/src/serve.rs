@@ -70,7 +70,10 @@ impl Blob {
 
 pub fn run(scale: &Scale) -> anyhow::Result<Report> {
     let mut upstream = Upstream::start()?;
-    eprintln!("loadtest: seeding a {} MiB blob and two of about 1 MiB", scale.big_mib);
+    eprintln!(
+        "loadtest: seeding a {} MiB blob and two of about 1 MiB",
+        scale.big_mib
+    );
     let image = upstream.push_image(REPO, "latest", &[scale.big_mib * MIB, MEMORY_BLOB, DISK_BLOB])?;
     let blob = |n: usize, tier| Blob {
         digest: image.blobs[n].0.clone(),
@@ -144,7 +147,12 @@ pub fn run(scale: &Scale) -> anyhow::Result<Report> {
         let mut cpu_per_gib = Vec::new();
         for (base, pids) in &servers {
             let before = cpu::total(pids);
-            let run = wrk(&format!("{base}{}", b.path()), CONNECTIONS, scale.wrk_seconds, &[])?;
+            let run = wrk(
+                &format!("{base}{}", b.path()),
+                CONNECTIONS,
+                scale.wrk_seconds,
+                &[],
+            )?;
             let gib = run.requests * b.size as f64 / (1u64 << 30) as f64;
             cpu_per_gib.push(Some((cpu::total(pids) - before) / gib));
             for problem in &run.problems {
@@ -166,7 +174,12 @@ pub fn run(scale: &Scale) -> anyhow::Result<Report> {
             tags.push(None); // nginx can't resolve tags
             continue;
         }
-        let run = wrk(&format!("{base}{manifest}"), CONNECTIONS, scale.wrk_seconds, &[&accept])?;
+        let run = wrk(
+            &format!("{base}{manifest}"),
+            CONNECTIONS,
+            scale.wrk_seconds,
+            &[&accept],
+        )?;
         for problem in &run.problems {
             report.note(format!("manifest by tag from {base}: {problem}"));
         }
@@ -213,7 +226,9 @@ fn blob_from_s3(upstream: &Upstream, big: &Blob, runs: u32) -> anyhow::Result<(f
     };
     let mut first = start(&upstream.url());
     get_checked(&first.url(""), &big.path(), &[], &big.digest)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (store, _) = runtime.block_on(s3.store("", objstore::S3Timeouts::default()))?;
     let prefix = format!("blobs/sha256/{}/", big.digest.trim_start_matches("sha256:"));
     let deadline = Instant::now() + Duration::from_secs(120);

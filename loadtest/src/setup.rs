@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use testkit::{Cluster, Regcache, Registry, S3Server};
+use testkit::{Cluster, Regcache, Registry, S3Options, S3Server};
 
 /// regcache logs at `warn` under load, as the anchors run with their access
 /// logs off: a line per request would measure the logger. The binary's own
@@ -38,9 +38,17 @@ impl Kind {
 
 pub enum Setup {
     // The cluster is declared before its bucket: members stop first.
-    Cluster { cluster: Box<Cluster>, _s3: S3Server },
-    Single { cache: Regcache, _dir: tempfile::TempDir },
-    Distribution { proxy: Registry },
+    Cluster {
+        cluster: Box<Cluster>,
+        _s3: S3Server,
+    },
+    Single {
+        cache: Regcache,
+        _dir: tempfile::TempDir,
+    },
+    Distribution {
+        proxy: Registry,
+    },
 }
 
 impl Setup {
@@ -49,7 +57,11 @@ impl Setup {
         Ok(match kind {
             Kind::Cluster => {
                 let s3 = S3Server::start()?;
-                let cluster = Cluster::start_on_s3_with_env(upstream_url, 3, "", &s3, &quiet);
+                let options = S3Options {
+                    env: quiet.to_vec(),
+                    ..S3Options::new(&s3)
+                };
+                let cluster = Cluster::start_on_s3_with(upstream_url, 3, options);
                 cluster.serving(Duration::from_secs(30));
                 Setup::Cluster {
                     cluster: Box::new(cluster),

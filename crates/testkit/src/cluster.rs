@@ -1,14 +1,17 @@
 //! N real `regcache` processes forming one Raft group on loopback, sharing
-//! an `fs` object tier, in front of one real upstream registry.
+//! an object tier (a directory or an S3 bucket), in front of one real
+//! upstream registry; optionally with a relay on each member's cluster port
+//! to cut one off (fault injection).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
 use crate::regcache::{ACCEPT_ALL, Regcache, s3_args};
-use crate::{raw_request, raw_request_with};
+use crate::{TcpRelay, raw_request, raw_request_with};
 
 /// A running group. Members are indexed by node id; a stopped member keeps
 /// its data dir and cluster port so it can start again.
@@ -20,8 +23,64 @@ pub struct Cluster {
     members: BTreeMap<u64, Option<Regcache>>,
     extra: Vec<String>,
     env: Vec<(&'static str, String)>,
+    /// A relay in front of each member's cluster port when started with
+    /// [`S3Options::relayed`]: the address its peers know it by.
+    relays: BTreeMap<u64, TcpRelay>,
+    partition: Partition,
     /// Holds the config and the shared object tier.
     _shared: TempDir,
+}
+
+/// How [`Cluster::start_on_s3_with`] starts a group.
+pub struct S3Options<'a> {
+    pub s3: &'a crate::S3Server,
+    /// Added to every member's config file.
+    pub toml: &'a str,
+    /// Listed as peers but not started.
+    pub absent: Vec<u64>,
+    /// More environment for every member (e.g. `RUST_LOG`).
+    pub env: Vec<(&'static str, String)>,
+    /// Where the members reach S3 instead of the server itself (e.g. a
+    /// [`TcpRelay`] in front of it).
+    pub s3_endpoint: Option<String>,
+    /// Raft and peer traffic through a relay per member, so that
+    /// [`Cluster::isolate`] can cut one off from the others.
+    pub relayed: bool,
+}
+
+impl<'a> S3Options<'a> {
+    pub fn new(s3: &'a crate::S3Server) -> S3Options<'a> {
+        S3Options {
+            s3,
+            toml: "",
+            absent: Vec::new(),
+            env: Vec::new(),
+            s3_endpoint: None,
+            relayed: false,
+        }
+    }
+}
+
+/// Which member is cut off, and which process is which member: the relays'
+/// gates read both.
+#[derive(Clone, Default)]
+struct Partition {
+    isolated: Arc<Mutex<Option<u64>>>,
+    members: Arc<Mutex<BTreeMap<u32, u64>>>,
+}
+
+impl Partition {
+    /// Makes `relay`, in front of member `id`, refuse traffic between the
+    /// isolated member and the others, both ways.
+    fn gate(&self, id: u64, relay: &TcpRelay) {
+        let partition = self.clone();
+        relay.set_gate(Box::new(move |pid| {
+            let isolated = *partition.isolated.lock().unwrap_or_else(PoisonError::into_inner);
+            let members = partition.members.lock().unwrap_or_else(PoisonError::into_inner);
+            let source = pid.and_then(|pid| members.get(&pid).copied());
+            isolated.is_some_and(|cut| cut == id || source == Some(cut))
+        }));
+    }
 }
 
 impl Cluster {
@@ -37,29 +96,16 @@ impl Cluster {
         let shared = tempfile::tempdir().expect("shared dir");
         let objects = shared.path().join("objects");
         let text = format!("{toml}\n[storage]\nkind = \"fs\"\npath = {objects:?}\n");
-        Self::launch(upstream_url, n, shared, &text, extra, Vec::new(), &[])
+        let mut cluster = Self::launch(upstream_url, n, shared, &text, extra, Vec::new());
+        for id in 1..=n {
+            cluster.start_member(id);
+        }
+        cluster
     }
 
     /// [`Cluster::start_with_config`] with the object tier in `s3`'s bucket.
     pub fn start_on_s3(upstream_url: &str, n: u64, toml: &str, s3: &crate::S3Server) -> Cluster {
         Self::start_on_s3_except(upstream_url, n, toml, s3, &[])
-    }
-
-    /// [`Cluster::start_on_s3`] with more environment for every member
-    /// (e.g. `RUST_LOG`).
-    pub fn start_on_s3_with_env(
-        upstream_url: &str,
-        n: u64,
-        toml: &str,
-        s3: &crate::S3Server,
-        env: &[(&'static str, String)],
-    ) -> Cluster {
-        let shared = tempfile::tempdir().expect("shared dir");
-        let args = s3_args(s3);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut all = s3.env();
-        all.extend(env.iter().cloned());
-        Self::launch(upstream_url, n, shared, toml, &args, all, &[])
     }
 
     /// [`Cluster::start_on_s3`] with the members in `absent` listed as peers
@@ -71,12 +117,43 @@ impl Cluster {
         s3: &crate::S3Server,
         absent: &[u64],
     ) -> Cluster {
-        let shared = tempfile::tempdir().expect("shared dir");
-        let args = s3_args(s3);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Self::launch(upstream_url, n, shared, toml, &args, s3.env(), absent)
+        let options = S3Options {
+            toml,
+            absent: absent.to_vec(),
+            ..S3Options::new(s3)
+        };
+        Self::start_on_s3_with(upstream_url, n, options)
     }
 
+    /// Members 1..=n on `options.s3`'s bucket, as the options say.
+    pub fn start_on_s3_with(upstream_url: &str, n: u64, options: S3Options<'_>) -> Cluster {
+        let shared = tempfile::tempdir().expect("shared dir");
+        let mut args = s3_args(options.s3);
+        if let Some(endpoint) = options.s3_endpoint {
+            let flag = args
+                .iter()
+                .position(|a| a == "--s3-endpoint")
+                .expect("an endpoint flag");
+            args[flag + 1] = endpoint;
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut env = options.s3.env();
+        env.extend(options.env);
+        let mut cluster = Self::launch(upstream_url, n, shared, options.toml, &args, env);
+        if options.relayed {
+            for (id, port) in &cluster.ports {
+                let relay = TcpRelay::start(&format!("127.0.0.1:{port}")).expect("a relay");
+                cluster.partition.gate(*id, &relay);
+                cluster.relays.insert(*id, relay);
+            }
+        }
+        for id in (1..=n).filter(|id| !options.absent.contains(id)) {
+            cluster.start_member(id);
+        }
+        cluster
+    }
+
+    /// The cluster's state, no member started yet.
     fn launch(
         upstream_url: &str,
         n: u64,
@@ -84,12 +161,11 @@ impl Cluster {
         text: &str,
         extra: &[&str],
         env: Vec<(&'static str, String)>,
-        absent: &[u64],
     ) -> Cluster {
         let config = shared.path().join("regcache.toml");
         std::fs::write(&config, text).expect("config");
         let ports = (1..=n).map(|id| (id, crate::stable_port())).collect();
-        let mut cluster = Cluster {
+        Cluster {
             upstream_url: upstream_url.to_owned(),
             config,
             ports,
@@ -97,12 +173,10 @@ impl Cluster {
             members: BTreeMap::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env,
+            relays: BTreeMap::new(),
+            partition: Partition::default(),
             _shared: shared,
-        };
-        for id in (1..=n).filter(|id| !absent.contains(id)) {
-            cluster.start_member(id);
         }
-        cluster
     }
 
     /// The shared `fs` object tier's directory.
@@ -131,12 +205,55 @@ impl Cluster {
         ];
         for (peer, port) in &self.ports {
             args.push("--peer".to_owned());
-            args.push(format!("{peer}=127.0.0.1:{port}"));
+            args.push(match self.relays.get(peer) {
+                Some(relay) => format!("{peer}={}", relay.addr()),
+                None => format!("{peer}=127.0.0.1:{port}"),
+            });
+        }
+        if let Some(relay) = self.relays.get(&id) {
+            args.push("--cluster-advertise".to_owned());
+            args.push(relay.addr());
         }
         args.extend(self.extra.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let member = Regcache::start_url_env(&self.upstream_url, &dir, &refs, &self.env);
+        let mut members = self
+            .partition
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        members.insert(member.process.pid(), id);
+        drop(members);
         self.members.insert(id, Some(member));
+    }
+
+    /// Starts member `id` on `dir` (e.g. a small filesystem mounted there)
+    /// instead of a data dir of its own.
+    pub fn start_member_in(&mut self, id: u64, dir: TempDir) {
+        assert!(!self.dirs.contains_key(&id), "member {id} has a data dir already");
+        self.dirs.insert(id, dir);
+        self.start_member(id);
+    }
+
+    /// Cuts member `id` off from the others, both ways, connections open
+    /// included; clients still reach it. Needs [`S3Options::relayed`].
+    pub fn isolate(&self, id: u64) {
+        assert!(!self.relays.is_empty(), "isolate needs a relayed cluster");
+        *self
+            .partition
+            .isolated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(id);
+        self.relays.values().for_each(TcpRelay::enforce);
+    }
+
+    /// Ends [`Cluster::isolate`].
+    pub fn heal(&self) {
+        *self
+            .partition
+            .isolated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     pub fn member(&self, id: u64) -> &Regcache {
@@ -231,7 +348,10 @@ impl Cluster {
                 if status["peers"]["owner_key"] == true {
                     break;
                 }
-                assert!(Instant::now() < deadline, "member {id} never learned the owner key");
+                assert!(
+                    Instant::now() < deadline,
+                    "member {id} never learned the owner key"
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }

@@ -30,6 +30,7 @@ export const knobs = {
     p99Ms: num('P99_MS', 0), // ttfb p99 threshold, only when set
     rate: num('RATE', 10), // fleet: pulls per second
     duration: str('DURATION', '30s'),
+    warm: num('WARM', 1), // fleet: 0 skips the warm-up (the driver warmed the targets already)
     summary: str('SUMMARY', ''), // where handleSummary writes the full data as JSON
 };
 
@@ -54,15 +55,40 @@ function loadPlan() {
 
 export const plan = loadPlan();
 
-export function targetFor(vuId) {
-    return targets[(Math.max(vuId, 1) - 1) % targets.length];
+// Targets this VU found refusing, dropping or failing requests, and until
+// when (ms) it leaves them alone. A Kubernetes Service takes a dead pod's
+// endpoint out within seconds and puts it back once the pod is ready; a VU
+// does the same from what it sees: it goes elsewhere for AVOID_MS, then
+// tries its own target again.
+const AVOID_MS = 10000;
+const avoidUntil = {};
+
+function usable(target) {
+    return !(avoidUntil[target] > Date.now());
 }
 
-// The URL of a retry: the same path on the next target. A runtime pulling
-// through a Kubernetes Service reaches another replica when it retries,
-// since a dead pod's endpoint is taken out; so does a load test's retry.
+// `base` if usable, else the next usable target (or `base` when none is).
+export function route(base) {
+    const i = targets.indexOf(base);
+    if (i < 0 || usable(base)) return base;
+    for (let step = 1; step < targets.length; step++) {
+        const t = targets[(i + step) % targets.length];
+        if (usable(t)) return t;
+    }
+    return base;
+}
+
+export function targetFor(vuId) {
+    return route(targets[(Math.max(vuId, 1) - 1) % targets.length]);
+}
+
+// The URL of a retry: the target that failed is avoided for a while, and
+// the retry goes to the next usable one, as a retry through a Service
+// reaches another replica.
 export function failover(url) {
     const i = targets.findIndex((t) => url.startsWith(`${t}/`));
     if (i < 0 || targets.length === 1) return url;
-    return targets[(i + 1) % targets.length] + url.slice(targets[i].length);
+    avoidUntil[targets[i]] = Date.now() + AVOID_MS;
+    const next = route(targets[(i + 1) % targets.length]);
+    return next + url.slice(targets[i].length);
 }

@@ -6,7 +6,7 @@ import http from 'k6/http';
 import { check, sleep } from 'k6';
 import crypto from 'k6/crypto';
 import { Counter, Rate, Trend } from 'k6/metrics';
-import { failover, knobs } from './config.js';
+import { failover, knobs, route } from './config.js';
 
 // Time to first byte of every successful answer, tagged cache (hit|miss|none)
 // and kind (manifest|index|config|layer|range).
@@ -102,7 +102,7 @@ export function fetchManifest(base, repo, ref) {
         responseType: 'binary', // small; hashed every time
         tags: { kind: 'manifest', name: byDigest ? 'GET manifest by digest' : 'GET manifest by tag' },
     };
-    const res = get(`${base}/v2/${repo}/manifests/${ref}`, params, undefined, manifestKind);
+    const res = get(`${route(base)}/v2/${repo}/manifests/${ref}`, params, undefined, manifestKind);
     if (!check(res, { 'manifest status 200': (r) => r.status === 200 && r.error_code === 0 })) return null;
     const sent = res.headers['Docker-Content-Digest'];
     if (!check(res, { 'manifest digest header': () => !!sent })) return null;
@@ -137,7 +137,7 @@ export function fetchBlob(base, repo, desc, kind) {
     const verify = Math.random() < knobs.checkShare;
     const params = { tags: { kind, name: `GET ${kind} blob` } };
     if (verify) params.responseType = 'binary';
-    const res = get(`${base}/v2/${repo}/blobs/${desc.digest}`, params);
+    const res = get(`${route(base)}/v2/${repo}/blobs/${desc.digest}`, params);
     if (!check(res, { 'blob status 200': (r) => r.status === 200 && r.error_code === 0 })) return false;
     const length = res.headers['Content-Length'];
     let good = length === undefined || Number(length) === desc.size;

@@ -1,0 +1,292 @@
+//! `loadtest faults`: the `fleet` scenario against three members on one S3
+//! bucket while something breaks, k6 retrying as containerd does (4 retries
+//! with backoff, each to the next member, as through a Kubernetes Service):
+//! nothing, a follower killed -9, the leader killed -9, a follower cut off
+//! from the others, the S3 server stopped, S3 made slow and flaky. Reports
+//! pulls, failures after retry, corrupt bodies and how long recovery took;
+//! a fresh cluster for each.
+
+mod bucket;
+mod partition;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use testkit::{Cluster, S3Options, S3Server, TcpRelay};
+
+use crate::k6::{self, Summary};
+use crate::report::{Report, Target};
+use crate::seed::{MIB, Upstream, write_plan};
+use crate::setup::QUIET;
+
+pub struct Scale {
+    images: usize,
+    layers: Vec<u64>,
+    /// The measured k6 run; the fault starts a quarter in.
+    seconds: u64,
+    /// How long a member stays dead or cut off, or S3 away or slow.
+    outage: u64,
+    rate: u32,
+    vus: u32,
+}
+
+impl Scale {
+    pub fn new(smoke: bool) -> Scale {
+        if smoke {
+            Scale {
+                images: 4,
+                layers: vec![256 << 10, 64 << 10],
+                seconds: 16,
+                outage: 5,
+                rate: 20,
+                vus: 16,
+            }
+        } else {
+            Scale {
+                images: 16,
+                layers: vec![2 * MIB, 512 << 10, 32 << 10],
+                seconds: 90,
+                outage: 30,
+                rate: 100,
+                vus: 64,
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    KillFollower,
+    KillLeader,
+    Partition,
+    S3Down,
+    S3Slow,
+}
+
+impl Fault {
+    const ALL: [Fault; 6] = [
+        Fault::None,
+        Fault::KillFollower,
+        Fault::KillLeader,
+        Fault::Partition,
+        Fault::S3Down,
+        Fault::S3Slow,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Fault::None => "no fault",
+            Fault::KillFollower => "kill follower",
+            Fault::KillLeader => "kill leader",
+            Fault::Partition => "partition",
+            Fault::S3Down => "S3 down",
+            Fault::S3Slow => "S3 slow",
+        }
+    }
+}
+
+/// What one run measured besides k6's figures.
+#[derive(Default)]
+struct Recovery {
+    /// From the kill until the survivors agree on a leader that commits.
+    election: Option<f64>,
+    /// From the restart (or the heal) until the member serves and has
+    /// applied what the leader committed.
+    caught_up: Option<f64>,
+    /// From the cut until the isolated member says read-only in `/readyz`.
+    read_only: Option<f64>,
+    /// From the heal until every member answers a tag moved meanwhile with
+    /// the majority's digest.
+    tags_agree: Option<f64>,
+    /// Cold blobs (and their manifest) served while the bucket was away.
+    cold_while_down: Option<f64>,
+    /// From the S3 server's return until a new blob was stored in it.
+    storing_resumed: Option<f64>,
+    /// Objects in the bucket at the end, every one hashed against its key.
+    objects_verified: Option<f64>,
+}
+
+pub fn run(scale: &Scale, work: &Path) -> anyhow::Result<(Report, Vec<String>)> {
+    let mut upstream = Upstream::start()?;
+    eprintln!("loadtest: seeding the upstream");
+    let fleet = (0..scale.images)
+        .map(|n| upstream.push_image(&format!("library/steady{n}"), "v1", &scale.layers))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let plan = work.join("faults-plan.json");
+    write_plan(&plan, &fleet, &[])?;
+    let mut runs = Vec::new();
+    for fault in Fault::ALL {
+        eprintln!("loadtest: fleet under load, {}", fault.name());
+        runs.push(one(fault, scale, &mut upstream, &plan, work)?);
+    }
+    let mut failures = Vec::new();
+    for ((summary, _), fault) in runs.iter().zip(Fault::ALL) {
+        failures.extend(
+            summary
+                .crossed_thresholds()
+                .into_iter()
+                .map(|t| format!("{}: {t}", fault.name())),
+        );
+    }
+    Ok((report(scale, &runs), failures))
+}
+
+fn one(
+    fault: Fault,
+    scale: &Scale,
+    upstream: &mut Upstream,
+    plan: &Path,
+    work: &Path,
+) -> anyhow::Result<(Summary, Recovery)> {
+    let mut s3 = S3Server::start()?;
+    let s3_relay = TcpRelay::start(s3.endpoint().trim_start_matches("http://"))?;
+    let options = S3Options {
+        env: vec![(QUIET.0, QUIET.1.to_owned())],
+        s3_endpoint: Some(format!("http://{}", s3_relay.addr())),
+        relayed: fault == Fault::Partition,
+        // Tags revalidate every 2 s, so one moved during the partition is
+        // seen by the majority while the isolated member cannot record it.
+        toml: if fault == Fault::Partition {
+            "[cache]\ntag_ttl = \"2s\"\n"
+        } else {
+            ""
+        },
+        ..S3Options::new(&s3)
+    };
+    let mut cluster = Cluster::start_on_s3_with(&upstream.url(), 3, options);
+    cluster.serving(Duration::from_secs(30));
+    let targets: Vec<String> = (1..=3).map(|id| cluster.member(id).url("")).collect();
+    // Warm every member first (k6's own warm-up, not measured), so the
+    // fault hits a steady state.
+    let warm = [("RATE", "1".into()), ("DURATION", "1s".into())];
+    k6::run("fleet", &targets, plan, &warm, work)?;
+    let moving = match fault {
+        Fault::Partition => Some(partition::Moving::start(upstream, &cluster, scale)?),
+        _ => None,
+    };
+
+    let vars = [
+        ("RATE", scale.rate.to_string()),
+        ("VUS", scale.vus.to_string()),
+        ("DURATION", format!("{}s", scale.seconds)),
+        ("RETRIES", "4".into()),
+        ("WARM", "0".into()),
+        ("CHECK_SHARE", "0.2".into()),
+    ];
+    let started = Instant::now();
+    let running = k6::start("fleet", &targets, plan, &vars, work)?;
+    let at = |seconds: u64| {
+        let when = started + Duration::from_secs(seconds);
+        std::thread::sleep(when.saturating_duration_since(Instant::now()));
+    };
+    let fault_at = scale.seconds / 4;
+    let mut recovery = Recovery::default();
+    at(fault_at);
+    let leader = cluster.leader(&[1, 2, 3], Duration::from_secs(10));
+    let follower = (1..=3).find(|id| *id != leader).context("a follower")?;
+    match fault {
+        Fault::None => {}
+        Fault::KillFollower | Fault::KillLeader => {
+            let victim = if fault == Fault::KillLeader {
+                leader
+            } else {
+                follower
+            };
+            let killed = Instant::now();
+            cluster.kill(victim);
+            let new_leader = cluster.leader(&cluster.running(), Duration::from_secs(30));
+            if fault == Fault::KillLeader {
+                recovery.election = Some(killed.elapsed().as_secs_f64());
+            }
+            at(fault_at + scale.outage);
+            let restarted = Instant::now();
+            cluster.start_member(victim);
+            cluster.caught_up(victim, new_leader, Duration::from_secs(60));
+            recovery.caught_up = Some(restarted.elapsed().as_secs_f64());
+        }
+        Fault::Partition => {
+            let moving = moving.as_ref().context("the moving tag")?;
+            partition::run(
+                &cluster,
+                follower,
+                leader,
+                moving,
+                upstream,
+                &mut recovery,
+                || at(fault_at + scale.outage),
+            )?;
+        }
+        Fault::S3Down | Fault::S3Slow => {
+            if fault == Fault::S3Down {
+                s3.stop();
+            } else {
+                // Every chunk a quarter second late, every third connection
+                // cut mid-stream.
+                s3_relay.set_latency(Duration::from_millis(250));
+                s3_relay.set_drop_every(3);
+            }
+            let cold = upstream.push_image("library/while-s3-away", "v1", &scale.layers)?;
+            bucket::pull_checked(&cluster.member(1).url(""), &cold)?;
+            recovery.cold_while_down = Some((cold.blobs.len() + 1) as f64);
+            at(fault_at + scale.outage);
+            if fault == Fault::S3Down {
+                s3.restart()?;
+            } else {
+                s3_relay.set_latency(Duration::ZERO);
+                s3_relay.set_drop_every(0);
+            }
+            recovery.storing_resumed = Some(bucket::storing_resumed(&s3, &cluster, upstream, scale)?);
+        }
+    }
+    let summary = running.wait()?;
+    if matches!(fault, Fault::S3Down | Fault::S3Slow) {
+        recovery.objects_verified = Some(bucket::verify_bucket(&s3)? as f64);
+    }
+    Ok((summary, recovery))
+}
+
+fn report(scale: &Scale, runs: &[(Summary, Recovery)]) -> Report {
+    let columns: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+    let mut report = Report::new(
+        format!(
+            "fleet at {} pulls/s for {} s on 3 members, the fault {} s in and {} s long; \
+             4 retries with backoff, each to the next member",
+            scale.rate,
+            scale.seconds,
+            scale.seconds / 4,
+            scale.outage
+        ),
+        &columns,
+    );
+    let all = |f: &dyn Fn(&Summary, &Recovery) -> Option<f64>| -> Vec<Option<f64>> {
+        runs.iter().map(|(s, r)| f(s, r)).collect()
+    };
+    report.row("pulls", all(&|s, _| s.value("pulls", "count")));
+    report
+        .row(
+            "pulls succeeded after retry (%)",
+            all(&|s, _| s.value("pull_failures", "rate").map(|r| 100.0 * (1.0 - r))),
+        )
+        .each(Target::AtLeast(99.9));
+    report
+        .row("corrupt bodies", all(&|s, _| Some(s.total("corrupt"))))
+        .each(Target::AtMost(0.0));
+    report.row("retries", all(&|s, _| Some(s.total("retries"))));
+    report
+        .row("pull p99 ms", all(&|s, _| s.value("pull_duration", "p(99)")))
+        .ratio(1, 0, Target::AtMost(2.0));
+    report.row("TTFB p99 ms", all(&|s, _| s.value("ttfb", "p(99)")));
+    report.row("election s (survivors agree)", all(&|_, r| r.election));
+    report.row("member caught up s (restart/heal)", all(&|_, r| r.caught_up));
+    report.row("isolated member read-only after s", all(&|_, r| r.read_only));
+    report.row("tags agree after heal s", all(&|_, r| r.tags_agree));
+    report.row(
+        "cold pull served, S3 away (objects)",
+        all(&|_, r| r.cold_while_down),
+    );
+    report.row("storing resumed s", all(&|_, r| r.storing_resumed));
+    report.row("bucket objects, all verified", all(&|_, r| r.objects_verified));
+    report
+}
