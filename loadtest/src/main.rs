@@ -50,8 +50,14 @@ enum Command {
     /// curl: blobs from memory, disk and S3, manifests by tag, peak RSS.
     Serve,
     /// The fleet scenario on a 3-member cluster while a follower, then the
-    /// leader, is killed -9 and the S3 server is stopped.
-    Faults,
+    /// leader, is killed -9, a follower is cut off, S3 stops or slows down,
+    /// and S3 stops or slows down.
+    Faults {
+        /// Only these faults (comma-separated): no-fault, kill-follower,
+        /// kill-leader, partition, s3-down, s3-slow.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,7 +65,7 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("loadtest-").tempdir()?;
     let (report, failures) = match cli.command {
         Command::Bench => bench::run(&bench::Scale::new(cli.smoke), work.path())?,
-        Command::Faults => faults::run(&faults::Scale::new(cli.smoke), work.path())?,
+        Command::Faults { only } => faults::run(&faults::Scale::new(cli.smoke), &only, work.path())?,
         Command::Serve => (serve::run(&serve::Scale::new(cli.smoke))?, Vec::new()),
     };
     report.print();
