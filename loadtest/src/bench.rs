@@ -96,6 +96,9 @@ struct Measured {
     storm_gets_per_blob: f64,
     range_gets: f64,
     peak_rss_mib: Option<f64>,
+    /// From the replicas' own `/metrics`, after every scenario.
+    upstream_mb: Option<f64>,
+    peer_fallbacks: Option<f64>,
     crossed: Vec<String>,
 }
 
@@ -110,7 +113,10 @@ pub fn run(scale: &Scale, work: &Path) -> anyhow::Result<(Report, Vec<String>)> 
     for kind in kinds {
         eprintln!("loadtest: {}", kind.name());
         let setup = Setup::start(kind, &upstream.url())?;
-        measured.push(measure(&setup, kind, &upstream, &seeded, scale, work)?);
+        // A work dir per setup: with --keep, every summary stays.
+        let dir = work.join(kind.name());
+        std::fs::create_dir_all(&dir)?;
+        measured.push(measure(&setup, kind, &upstream, &seeded, scale, &dir)?);
     }
     let failures = kinds
         .iter()
@@ -197,6 +203,10 @@ fn measure(
         storm_gets_per_blob: storm_gets / seeded.storm.blobs.len() as f64,
         range_gets,
         peak_rss_mib: setup.peak_rss_mib(),
+        upstream_mb: setup
+            .metric_sum("regcache_upstream_received_bytes_total")
+            .map(|b| b / 1e6),
+        peer_fallbacks: setup.metric_sum("regcache_peer_fallbacks_total"),
         pull,
         fleet,
         manifests,
@@ -219,7 +229,16 @@ fn report(scale: &Scale, kinds: &[Kind], measured: &[Measured]) -> Report {
     let all = |f: &dyn Fn(&Measured) -> Option<f64>| -> Vec<Option<f64>> { measured.iter().map(f).collect() };
     let mb = |s: &Summary| s.per_second("data_received").map(|r| r / 1e6);
     report.row("pull: pulls/s", all(&|m| m.pull.per_second("pulls")));
-    report.row("pull: TTFB p99 ms", all(&|m| m.pull.value("ttfb", "p(99)")));
+    // distribution sends no Cache-Status: its hits and misses are "none".
+    report.row(
+        "pull: TTFB p99 ms, misses",
+        all(&|m| m.pull.tagged("ttfb", "cache:miss", "p(99)")),
+    );
+    report.row(
+        "pull: TTFB p99 ms, hits",
+        all(&|m| m.pull.tagged("ttfb", "cache:hit", "p(99)")),
+    );
+    report.row("pull: TTFB p99 ms, all", all(&|m| m.pull.value("ttfb", "p(99)")));
     report
         .row("fleet: pulls/s (warm)", all(&|m| m.fleet.per_second("pulls")))
         .ratio(0, 2, Target::AtLeast(2.5));
@@ -273,6 +292,8 @@ fn report(scale: &Scale, kinds: &[Kind], measured: &[Measured]) -> Report {
         }),
     );
     report.row("peak RSS MiB (largest process)", all(&|m| m.peak_rss_mib));
+    report.row("upstream MB received (/metrics)", all(&|m| m.upstream_mb));
+    report.row("peer fallbacks (/metrics)", all(&|m| m.peer_fallbacks));
     for (kind, m) in kinds.iter().zip(measured) {
         for crossed in &m.crossed {
             let whose = if kind.is_regcache() { "" } else { " (anchor)" };

@@ -27,8 +27,24 @@ impl Summary {
     /// scenario only: the scripts keep a sub-metric per scenario so that a
     /// `setup()` warm-up stays out of the figures.
     pub fn value(&self, metric: &str, stat: &str) -> Option<f64> {
-        let key = format!("{metric}{{scenario:{}}}", self.scenario);
-        self.data["metrics"][key]["values"][stat].as_f64()
+        self.tagged(metric, "", stat)
+    }
+
+    /// [`Summary::value`] of the sub-metric with one more tag, e.g.
+    /// `cache:hit` (the scripts keep those for `ttfb`).
+    pub fn tagged(&self, metric: &str, tag: &str, stat: &str) -> Option<f64> {
+        let more = if tag.is_empty() {
+            String::new()
+        } else {
+            format!(",{tag}")
+        };
+        let key = format!("{metric}{{scenario:{}{more}}}", self.scenario);
+        let values = &self.data["metrics"][key]["values"];
+        // A trend the scripts declared but nothing fed has zeros for stats.
+        if values["count"].as_f64() == Some(0.0) {
+            return None;
+        }
+        values[stat].as_f64()
     }
 
     /// A counter's count over the whole run, warm-up included, 0 when

@@ -197,6 +197,7 @@ impl Report {
 
 /// Three significant digits or whole numbers, whichever reads better.
 fn format_figure(value: f64) -> String {
+    let value = value + 0.0; // -0.0 (an empty sum) reads as 0
     if value.abs() >= 100.0 || value == value.trunc() {
         format!("{value:.0}")
     } else if value.abs() >= 10.0 {
@@ -246,5 +247,6 @@ mod tests {
         assert_eq!(format_figure(12.345), "12.3");
         assert_eq!(format_figure(1.2345), "1.23");
         assert_eq!(format_figure(3.0), "3");
+        assert_eq!(format_figure(-0.0), "0");
     }
 }

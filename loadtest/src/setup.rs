@@ -92,6 +92,26 @@ impl Setup {
         }
     }
 
+    /// Sum over regcache's replicas of the samples of `name` in `/metrics`
+    /// (`None` for distribution, which exports none of them).
+    pub fn metric_sum(&self, name: &str) -> Option<f64> {
+        let replicas: Vec<&Regcache> = match self {
+            Setup::Cluster { cluster, .. } => cluster
+                .running()
+                .into_iter()
+                .map(|id| cluster.member(id))
+                .collect(),
+            Setup::Single { cache, .. } => vec![cache],
+            Setup::Distribution { .. } => return None,
+        };
+        Some(
+            replicas
+                .into_iter()
+                .map(|r| testkit::metric(&testkit::metrics(r), name, ""))
+                .sum(),
+        )
+    }
+
     /// The largest peak resident set of the setup's server processes.
     pub fn peak_rss_mib(&self) -> Option<f64> {
         let pids: Vec<u32> = match self {

@@ -256,6 +256,9 @@ async fn cache_status_says_miss_then_hit() {
         assert_eq!(response.status(), 200, "{url}");
         seen.push(status_of(&response));
         response.bytes().await.unwrap();
+        // Clients get a blob before it is put in place: until then a GET
+        // joins the download (`inflight`).
+        f.cache.wait_for_downloads();
     }
     assert_eq!(
         seen,
