@@ -117,6 +117,7 @@ pub fn run(scale: &Scale, work: &Path) -> anyhow::Result<(Report, Vec<String>)> 
         let dir = work.join(kind.name());
         std::fs::create_dir_all(&dir)?;
         measured.push(measure(&setup, kind, &upstream, &seeded, scale, &dir)?);
+        setup.save_logs(&dir)?;
     }
     let failures = kinds
         .iter()

@@ -36,7 +36,8 @@ struct Cli {
     /// are noisy, so by default only broken runs fail).
     #[arg(long, global = true)]
     strict: bool,
-    /// Keep the work directory (plans, k6 summaries) and print its path.
+    /// Keep the work directory (plans, k6 summaries, server logs) and print
+    /// its path.
     #[arg(long, global = true)]
     keep: bool,
 }

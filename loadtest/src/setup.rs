@@ -7,10 +7,15 @@ use std::time::Duration;
 
 use testkit::{Cluster, Regcache, Registry, S3Options, S3Server};
 
-/// regcache logs at `warn` under load, as the anchors run with their access
-/// logs off: a line per request would measure the logger. The binary's own
-/// `info` lines stay: the harness reads the bound address from one.
-pub const QUIET: (&str, &str) = ("RUST_LOG", "warn,regcache=info");
+/// The log filter of the regcache servers: `warn` under load, as the anchors
+/// run with their access logs off (a line per request would measure the
+/// logger), but the binary's own `info` lines, since the harness reads the
+/// bound address from one. `LOADTEST_RUST_LOG` sets another, e.g. `info` to
+/// see every request's tier and duration in the logs `--keep` leaves.
+pub fn log_filter() -> (&'static str, String) {
+    let filter = std::env::var("LOADTEST_RUST_LOG").unwrap_or_else(|_| "warn,regcache=info".to_owned());
+    ("RUST_LOG", filter)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -53,7 +58,7 @@ pub enum Setup {
 
 impl Setup {
     pub fn start(kind: Kind, upstream_url: &str) -> anyhow::Result<Setup> {
-        let quiet = [(QUIET.0, QUIET.1.to_owned())];
+        let quiet = [log_filter()];
         Ok(match kind {
             Kind::Cluster => {
                 let s3 = S3Server::start()?;
@@ -110,6 +115,22 @@ impl Setup {
                 .map(|r| testkit::metric(&testkit::metrics(r), name, ""))
                 .sum(),
         )
+    }
+
+    /// Writes each regcache server's output so far to `dir` (what `--keep`
+    /// leaves to read after a surprising figure).
+    pub fn save_logs(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        match self {
+            Setup::Cluster { cluster, .. } => {
+                for id in cluster.running() {
+                    let logs = cluster.member(id).process.logs();
+                    std::fs::write(dir.join(format!("regcache-{id}.log")), logs)?;
+                }
+            }
+            Setup::Single { cache, .. } => std::fs::write(dir.join("regcache.log"), cache.process.logs())?,
+            Setup::Distribution { .. } => {}
+        }
+        Ok(())
     }
 
     /// The largest peak resident set of the setup's server processes.

@@ -18,7 +18,7 @@ use testkit::{Cluster, S3Options, S3Server, TcpRelay};
 use crate::k6::{self, Summary};
 use crate::report::{Report, Target};
 use crate::seed::{MIB, Upstream, write_plan};
-use crate::setup::QUIET;
+use crate::setup::log_filter;
 
 pub struct Scale {
     images: usize,
@@ -157,7 +157,7 @@ fn one(
     let mut s3 = S3Server::start()?;
     let s3_relay = TcpRelay::start(s3.endpoint().trim_start_matches("http://"))?;
     let options = S3Options {
-        env: vec![(QUIET.0, QUIET.1.to_owned())],
+        env: vec![log_filter()],
         s3_endpoint: Some(format!("http://{}", s3_relay.addr())),
         relayed: fault == Fault::Partition,
         // Tags revalidate every 2 s, so one moved during the partition is
