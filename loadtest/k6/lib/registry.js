@@ -55,6 +55,9 @@ function backoffSeconds(attempt) {
 }
 
 // A GET with up to RETRIES retries, each on the next target (failover).
+// A retry that reaches another target goes at once, as a new connection
+// through a Service lands on another pod; one that can only go back to the
+// same target (one target, or every other one failing too) backs off first.
 // `first` is an answer already in hand (from http.batch) or undefined.
 // Successful answers go into ttfb; kindOf(res) may refine the kind once the
 // answer is known.
@@ -62,8 +65,9 @@ export function get(url, params, first, kindOf) {
     let res = first || http.get(url, params);
     for (let attempt = 0; attempt < knobs.retries && retryable(res); attempt++) {
         retries.add(1, { kind: params.tags.kind });
-        sleep(backoffSeconds(attempt));
-        url = failover(url);
+        const next = failover(url);
+        if (next === url) sleep(backoffSeconds(attempt));
+        url = next;
         res = http.get(url, params);
     }
     if (res.status >= 200 && res.status < 300 && res.error_code === 0) {

@@ -1,6 +1,6 @@
 //! `loadtest faults`: the `fleet` scenario against three members on one S3
-//! bucket while something breaks, k6 retrying as containerd does (4 retries
-//! with backoff, each to the next member, as through a Kubernetes Service):
+//! bucket while something breaks, k6 retrying as a runtime pulling through a
+//! Kubernetes Service does (up to 4 retries, each to the next member):
 //! nothing, a follower killed -9, the leader killed -9, a follower cut off
 //! from the others, the S3 server stopped, S3 made slow and flaky. Reports
 //! pulls, failures after retry, corrupt bodies and how long recovery took;
@@ -266,7 +266,7 @@ fn report(scale: &Scale, faults: &[Fault], runs: &[(Summary, Recovery)]) -> Repo
     let mut report = Report::new(
         format!(
             "fleet at {} pulls/s for {} s on 3 members, the fault {} s in and {} s long; \
-             4 retries with backoff, each to the next member",
+             up to 4 retries, each to the next member",
             scale.rate,
             scale.seconds,
             scale.seconds / 4,
