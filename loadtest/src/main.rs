@@ -52,10 +52,10 @@ enum Command {
     Serve,
     /// The fleet scenario on a 3-member cluster while a follower, then the
     /// leader, is killed -9, a follower is cut off, S3 stops or slows down,
-    /// and S3 stops or slows down.
+    /// and a member's disk fills.
     Faults {
         /// Only these faults (comma-separated): no-fault, kill-follower,
-        /// kill-leader, partition, s3-down, s3-slow.
+        /// kill-leader, partition, s3-down, s3-slow, disk-full.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use oci::Digest;
 use tracing::{info, warn};
@@ -10,6 +10,14 @@ use crate::StoreError;
 use crate::lru::Lru;
 use crate::telemetry;
 use crate::writer::BlobWriter;
+
+/// Space left free below the point where the filesystem filled up: the
+/// metadata on the same volume (the Raft log, the index) must still be able
+/// to grow, and the next download should evict rather than fail.
+const FULL_DISK_HEADROOM: u64 = 16 << 20;
+/// How long the tier stays shrunk after the filesystem filled up before it
+/// tries its configured capacity again (space may have been freed).
+const FULL_DISK_SHRINK: Duration = Duration::from_secs(60);
 
 /// The local disk tier: one file per digest under
 /// `<dir>/blobs/<algorithm>/<2 hex>/<hex>`, bounded by `capacity` bytes.
@@ -31,6 +39,9 @@ struct Inner {
     /// Blobs evicted while a temp file grew, reported with the next commit
     /// or trim (whoever keeps the index needs to hear of them).
     unreported: Mutex<Vec<Digest>>,
+    /// The capacity the filesystem actually allowed, and until when it
+    /// stands in for `capacity`: set when a write found no space left.
+    shrunk: Mutex<Option<(u64, Instant)>>,
 }
 
 impl DiskStore {
@@ -62,6 +73,7 @@ impl DiskStore {
                 lru: Mutex::new(lru),
                 writing: AtomicU64::new(0),
                 unreported: Mutex::new(Vec::new()),
+                shrunk: Mutex::new(None),
             }),
         })
     }
@@ -127,7 +139,7 @@ impl DiskStore {
     /// are evicted when both no longer fit.
     pub(crate) fn temp_grew(&self, len: u64) {
         let writing = self.inner.writing.fetch_add(len, Ordering::Relaxed) + len;
-        if self.lru().total_bytes() + writing > self.inner.capacity {
+        if self.lru().total_bytes() + writing > self.capacity() {
             let evicted = self.evict(None);
             self.unreported().extend(evicted);
         } else {
@@ -173,10 +185,60 @@ impl DiskStore {
         self.lru().touch(digest);
     }
 
+    /// A write of `needed` bytes found the filesystem full (another tenant
+    /// of the volume, or a `disk_bytes` larger than the volume): the tier
+    /// shrinks to what it holds less `needed` and some headroom for the
+    /// metadata beside it, evicts down to that, and stays that size for a
+    /// while. Returns whether it freed anything, so the write is worth
+    /// another try.
+    pub(crate) fn out_of_space(&self, needed: u64) -> bool {
+        let target = self
+            .used_bytes()
+            .saturating_sub(needed.saturating_add(FULL_DISK_HEADROOM));
+        let mut shrunk = self.shrunk();
+        let first = shrunk.is_none();
+        *shrunk = Some((target, Instant::now() + FULL_DISK_SHRINK));
+        drop(shrunk);
+        let evicted = self.evict(None);
+        let freed = !evicted.is_empty();
+        if first {
+            warn!(
+                capacity = self.inner.capacity,
+                shrunk_to = target,
+                evicted = evicted.len(),
+                retry_in = ?FULL_DISK_SHRINK,
+                "disk tier filesystem full: no space left on device; shrinking the tier and evicting"
+            );
+        }
+        self.unreported().extend(evicted);
+        freed
+    }
+
+    /// The configured capacity, or less while the filesystem was found full.
+    fn capacity(&self) -> u64 {
+        let mut shrunk = self.shrunk();
+        match *shrunk {
+            Some((capacity, until)) if Instant::now() < until => capacity.min(self.inner.capacity),
+            Some(_) => {
+                *shrunk = None;
+                info!(
+                    capacity = self.inner.capacity,
+                    "disk tier back to its configured capacity"
+                );
+                self.inner.capacity
+            }
+            None => self.inner.capacity,
+        }
+    }
+
+    fn shrunk(&self) -> MutexGuard<'_, Option<(u64, Instant)>> {
+        self.inner.shrunk.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Evicts least recently used blobs, never `keep`, until the rest fits
     /// next to the temp files being written.
     fn evict(&self, keep: Option<&Digest>) -> Vec<Digest> {
-        let room = self.inner.capacity.saturating_sub(self.writing());
+        let room = self.capacity().saturating_sub(self.writing());
         let evicted = self.lru().evict_to(room, keep);
         for victim in &evicted {
             let victim_path = self.path_of(victim);

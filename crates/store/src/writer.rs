@@ -118,12 +118,21 @@ impl BlobWriter {
         let file = Arc::clone(&self.file);
         let mut offset = self.written;
         let tmp = self.tmp.clone();
+        let store = self.store.clone();
         let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         self.accepted += len;
         self.pending = Some(tokio::task::spawn_blocking(move || {
             for chunk in &chunks {
-                file.write_all_at(chunk, offset)
-                    .map_err(|e| StoreError::io(&tmp, e))?;
+                let mut written = file.write_all_at(chunk, offset);
+                // A full filesystem: the tier makes room and the chunk is
+                // written again, whole, at the same offset.
+                if let Err(e) = &written
+                    && e.kind() == std::io::ErrorKind::StorageFull
+                    && store.out_of_space(chunk.len() as u64)
+                {
+                    written = file.write_all_at(chunk, offset);
+                }
+                written.map_err(|e| StoreError::io(&tmp, e))?;
                 hashers.update(chunk);
                 offset += chunk.len() as u64;
             }

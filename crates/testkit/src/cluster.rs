@@ -227,6 +227,14 @@ impl Cluster {
         self.members.insert(id, Some(member));
     }
 
+    /// Starts member `id` on `dir` (e.g. a small filesystem mounted there)
+    /// instead of a data dir of its own.
+    pub fn start_member_in(&mut self, id: u64, dir: TempDir) {
+        assert!(!self.dirs.contains_key(&id), "member {id} has a data dir already");
+        self.dirs.insert(id, dir);
+        self.start_member(id);
+    }
+
     /// Cuts member `id` off from the others, both ways, connections open
     /// included; clients still reach it. Needs [`S3Options::relayed`].
     pub fn isolate(&self, id: u64) {

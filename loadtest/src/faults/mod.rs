@@ -2,17 +2,19 @@
 //! bucket while something breaks, k6 retrying as a runtime pulling through a
 //! Kubernetes Service does (up to 4 retries, each to the next member):
 //! nothing, a follower killed -9, the leader killed -9, a follower cut off
-//! from the others, the S3 server stopped, S3 made slow and flaky. Reports
+//! from the others, the S3 server stopped, S3 made slow and flaky, a
+//! member's disk full. Reports
 //! pulls, failures after retry, corrupt bodies and how long recovery took;
 //! a fresh cluster for each.
 
 mod bucket;
+mod disk;
 mod partition;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, ensure};
 use testkit::{Cluster, S3Options, S3Server, TcpRelay};
 
 use crate::k6::{self, Summary};
@@ -29,6 +31,9 @@ pub struct Scale {
     outage: u64,
     rate: u32,
     vus: u32,
+    /// The filesystem under the member whose disk fills, and the cold
+    /// images pulled through it to fill it (twice its size).
+    disk_mib: u64,
 }
 
 impl Scale {
@@ -41,6 +46,7 @@ impl Scale {
                 outage: 5,
                 rate: 20,
                 vus: 16,
+                disk_mib: 48,
             }
         } else {
             Scale {
@@ -50,6 +56,7 @@ impl Scale {
                 outage: 30,
                 rate: 100,
                 vus: 64,
+                disk_mib: 128,
             }
         }
     }
@@ -63,16 +70,18 @@ enum Fault {
     Partition,
     S3Down,
     S3Slow,
+    DiskFull,
 }
 
 impl Fault {
-    const ALL: [Fault; 6] = [
+    const ALL: [Fault; 7] = [
         Fault::None,
         Fault::KillFollower,
         Fault::KillLeader,
         Fault::Partition,
         Fault::S3Down,
         Fault::S3Slow,
+        Fault::DiskFull,
     ];
 
     /// For `--only`: the name with dashes.
@@ -88,6 +97,7 @@ impl Fault {
             Fault::Partition => "partition",
             Fault::S3Down => "S3 down",
             Fault::S3Slow => "S3 slow",
+            Fault::DiskFull => "disk full",
         }
     }
 }
@@ -111,6 +121,10 @@ struct Recovery {
     storing_resumed: Option<f64>,
     /// Objects in the bucket at the end, every one hashed against its key.
     objects_verified: Option<f64>,
+    /// Blobs the member on the small filesystem evicted to make room.
+    evictions: Option<f64>,
+    /// Files in that member's disk tier at the end, every one hashed.
+    disk_files_verified: Option<f64>,
 }
 
 /// Runs the faults named in `only` (their slugs; all when empty).
@@ -162,20 +176,42 @@ fn one(
         relayed: fault == Fault::Partition,
         // Tags revalidate every 2 s, so one moved during the partition is
         // seen by the majority while the isolated member cannot record it.
-        toml: if fault == Fault::Partition {
-            "[cache]\ntag_ttl = \"2s\"\n"
+        // A disk tier larger than the filesystem under it.
+        toml: match fault {
+            Fault::Partition => "[cache]\ntag_ttl = \"2s\"\n",
+            Fault::DiskFull => "[cache]\ndisk_bytes = \"1GiB\"\n",
+            _ => "",
+        },
+        absent: if fault == Fault::DiskFull {
+            vec![SMALL_DISK]
         } else {
-            ""
+            Vec::new()
         },
         ..S3Options::new(&s3)
     };
     let mut cluster = Cluster::start_on_s3_with(&upstream.url(), 3, options);
+    // Declared after the cluster: unmounted (lazily) before it stops.
+    let _tmpfs = match fault {
+        Fault::DiskFull => {
+            let tmpfs = disk::Tmpfs::mount(scale.disk_mib)?;
+            cluster.start_member_in(SMALL_DISK, tmpfs.data_dir()?);
+            Some(tmpfs)
+        }
+        _ => None,
+    };
     cluster.serving(Duration::from_secs(30));
     let targets: Vec<String> = (1..=3).map(|id| cluster.member(id).url("")).collect();
     // Warm every member first (k6's own warm-up, not measured), so the
     // fault hits a steady state.
     let warm = [("RATE", "1".into()), ("DURATION", "1s".into())];
     k6::run("fleet", &targets, plan, &warm, work)?;
+    // Cold images of twice the small filesystem, pushed before the load.
+    let filling = match fault {
+        Fault::DiskFull => (0..scale.disk_mib / 8)
+            .map(|n| upstream.push_image(&format!("library/filling{n}"), "v1", &[8 * MIB, 8 * MIB]))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        _ => Vec::new(),
+    };
     let moving = match fault {
         Fault::Partition => Some(partition::Moving::start(upstream, &cluster, scale)?),
         _ => None,
@@ -232,6 +268,14 @@ fn one(
                 || at(fault_at + scale.outage),
             )?;
         }
+        Fault::DiskFull => {
+            let member = cluster.member(SMALL_DISK);
+            for image in &filling {
+                bucket::pull_checked(&member.url(""), image)
+                    .context("a cold pull through the member whose disk fills")?;
+            }
+            recovery.cold_served = Some(filling.iter().map(|i| i.blobs.len() + 1).sum::<usize>() as f64);
+        }
         Fault::S3Down | Fault::S3Slow => {
             if fault == Fault::S3Down {
                 s3.stop();
@@ -258,8 +302,29 @@ fn one(
     if matches!(fault, Fault::S3Down | Fault::S3Slow) {
         recovery.objects_verified = Some(bucket::verify_bucket(&s3)? as f64);
     }
+    if fault == Fault::DiskFull {
+        let member = cluster.member(SMALL_DISK);
+        let (status, _) = testkit::raw_request(&member.host(), "GET", "/readyz");
+        ensure!(
+            status == 200,
+            "the member whose disk filled is not ready: {status}"
+        );
+        ensure!(
+            member.process.logs().contains("disk tier filesystem full"),
+            "the member whose disk filled never said so"
+        );
+        recovery.evictions = Some(testkit::metric(
+            &testkit::metrics(member),
+            "regcache_disk_evictions_total",
+            "",
+        ));
+        recovery.disk_files_verified = Some(disk::verify_disk_tier(cluster.data_dir(SMALL_DISK))? as f64);
+    }
     Ok((summary, recovery))
 }
+
+/// The member whose data dir is on a small filesystem.
+const SMALL_DISK: u64 = 3;
 
 fn report(scale: &Scale, faults: &[Fault], runs: &[(Summary, Recovery)]) -> Report {
     let columns: Vec<&str> = faults.iter().map(|f| f.name()).collect();
@@ -303,5 +368,10 @@ fn report(scale: &Scale, faults: &[Fault], runs: &[(Summary, Recovery)]) -> Repo
     );
     report.row("storing resumed s", all(&|_, r| r.storing_resumed));
     report.row("bucket objects, all verified", all(&|_, r| r.objects_verified));
+    report.row("evictions on the small disk", all(&|_, r| r.evictions));
+    report.row(
+        "disk tier files, all verified",
+        all(&|_, r| r.disk_files_verified),
+    );
     report
 }
