@@ -102,6 +102,9 @@ impl Fault {
     }
 }
 
+/// Reads one figure of a [`Recovery`], for the report's rows.
+type RecoveryFigure = fn(&Recovery) -> Option<f64>;
+
 /// What one run measured besides k6's figures.
 #[derive(Default)]
 struct Recovery {
@@ -358,20 +361,19 @@ fn report(scale: &Scale, faults: &[Fault], runs: &[(Summary, Recovery)]) -> Repo
         p99.ratio(1, 0, Target::AtMost(2.0));
     }
     report.row("TTFB p99 ms", all(&|s, _| s.value("ttfb", "p(99)")));
-    report.row("election s (survivors agree)", all(&|_, r| r.election));
-    report.row("member caught up s (restart/heal)", all(&|_, r| r.caught_up));
-    report.row("isolated member read-only after s", all(&|_, r| r.read_only));
-    report.row("tags agree after heal s", all(&|_, r| r.tags_agree));
-    report.row(
-        "cold pull served in the fault (objects)",
-        all(&|_, r| r.cold_served),
-    );
-    report.row("storing resumed s", all(&|_, r| r.storing_resumed));
-    report.row("bucket objects, all verified", all(&|_, r| r.objects_verified));
-    report.row("evictions on the small disk", all(&|_, r| r.evictions));
-    report.row(
-        "disk tier files, all verified",
-        all(&|_, r| r.disk_files_verified),
-    );
+    let recoveries: [(&str, RecoveryFigure); 9] = [
+        ("election s (survivors agree)", |r| r.election),
+        ("member caught up s (restart/heal)", |r| r.caught_up),
+        ("isolated member read-only after s", |r| r.read_only),
+        ("tags agree after heal s", |r| r.tags_agree),
+        ("cold pull served in the fault (objects)", |r| r.cold_served),
+        ("storing resumed s", |r| r.storing_resumed),
+        ("bucket objects, all verified", |r| r.objects_verified),
+        ("evictions on the small disk", |r| r.evictions),
+        ("disk tier files, all verified", |r| r.disk_files_verified),
+    ];
+    for (figure, measured) in recoveries {
+        report.row(figure, runs.iter().map(|(_, r)| measured(r)).collect());
+    }
     report
 }
