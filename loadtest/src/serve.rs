@@ -7,8 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use futures_util::TryStreamExt as _;
-use testkit::{ACCEPT_ALL, Fault, FaultProxy, Regcache, Registry, Rule, S3Server};
+use testkit::{ACCEPT_ALL, Bucket, Fault, FaultProxy, Regcache, Registry, Rule, S3Server};
 
 use crate::cpu;
 use crate::fetch::get_checked;
@@ -226,20 +225,11 @@ fn blob_from_s3(upstream: &Upstream, big: &Blob, runs: u32) -> anyhow::Result<(f
     };
     let mut first = start(&upstream.url());
     get_checked(&first.url(""), &big.path(), &[], &big.digest)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (store, _) = runtime.block_on(s3.store("", objstore::S3Timeouts::default()))?;
-    let prefix = format!("blobs/sha256/{}/", big.digest.trim_start_matches("sha256:"));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let key = loop {
-        let objects = runtime.block_on(store.list(&prefix))?;
-        if let Some(object) = objects.into_iter().next() {
-            break object.key;
-        }
-        ensure!(Instant::now() < deadline, "the blob never reached the bucket");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let bucket = Bucket::connect(&s3);
+    let key = bucket
+        .wait_for_blob(&big.digest, Duration::from_secs(120))
+        .pop()
+        .context("the blob never reached the bucket")?;
     first.process.stop();
 
     let refusing = FaultProxy::start(&upstream.registry)?;
@@ -255,14 +245,7 @@ fn blob_from_s3(upstream: &Upstream, big: &Blob, runs: u32) -> anyhow::Result<(f
         cache.process.stop();
 
         let started = Instant::now();
-        let bytes = runtime.block_on(async {
-            let mut body = store.get(&key, None).await?.context("the object is gone")?;
-            let mut bytes = 0u64;
-            while let Some(chunk) = body.try_next().await? {
-                bytes += chunk.len() as u64;
-            }
-            anyhow::Ok(bytes)
-        })?;
+        let bytes = bucket.download(&key);
         ensure!(bytes == big.size, "direct GET: {bytes} bytes of {}", big.size);
         best_direct = best_direct.max(bytes as f64 / MIB as f64 / started.elapsed().as_secs_f64());
     }

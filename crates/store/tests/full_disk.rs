@@ -11,30 +11,9 @@ use bytes::Bytes;
 use oci::Digest;
 use rand::RngCore as _;
 use store::DiskStore;
+use testkit::Tmpfs;
 
 const MIB: u64 = 1 << 20;
-
-/// A tmpfs of `mib` MiB on a temp dir, unmounted when dropped.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(mib: u64) -> Tmpfs {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("running mount");
-        assert!(status.success(), "mounting a tmpfs failed: this test needs root");
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
-}
 
 /// Bytes the filesystem holding `dir` still has free.
 fn available(dir: &Path) -> u64 {
@@ -52,8 +31,8 @@ fn available(dir: &Path) -> u64 {
 
 #[tokio::test]
 async fn a_full_filesystem_evicts_instead_of_failing_writes() {
-    let fs = Tmpfs::mount(64);
-    let store = DiskStore::open(fs.0.path(), 1 << 30).expect("opening the tier");
+    let fs = Tmpfs::mount(64).expect("a 64 MiB tmpfs");
+    let store = DiskStore::open(fs.path(), 1 << 30).expect("opening the tier");
     let mut evicted = 0;
     // 30 blobs of 4 MiB: nearly twice what the filesystem holds.
     for _ in 0..30 {
@@ -73,14 +52,10 @@ async fn a_full_filesystem_evicts_instead_of_failing_writes() {
     }
     assert!(evicted >= 10, "the tier evicted to make room: {evicted} blobs");
     assert!(
-        available(fs.0.path()) >= 8 * MIB,
+        available(fs.path()) >= 8 * MIB,
         "headroom stays free for the metadata: {} bytes",
-        available(fs.0.path())
+        available(fs.path())
     );
-    for digest in store.digests() {
-        let hex = digest.hex();
-        let path = fs.0.path().join("blobs/sha256").join(&hex[..2]).join(hex);
-        let bytes = std::fs::read(&path).expect("a stored blob");
-        assert_eq!(Digest::sha256_of(&bytes), digest, "{} is whole", path.display());
-    }
+    let files = testkit::verify_disk_tier(fs.path()).expect("every file whole");
+    assert_eq!(files, store.digests().len(), "a file per blob the tier holds");
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::regcache::{ACCEPT_ALL, Regcache, s3_args};
+use crate::regcache::{ACCEPT_ALL, Regcache, s3_args_to};
 use crate::{TcpRelay, raw_request, raw_request_with};
 
 /// A running group. Members are indexed by node id; a stopped member keeps
@@ -128,14 +128,8 @@ impl Cluster {
     /// Members 1..=n on `options.s3`'s bucket, as the options say.
     pub fn start_on_s3_with(upstream_url: &str, n: u64, options: S3Options<'_>) -> Cluster {
         let shared = tempfile::tempdir().expect("shared dir");
-        let mut args = s3_args(options.s3);
-        if let Some(endpoint) = options.s3_endpoint {
-            let flag = args
-                .iter()
-                .position(|a| a == "--s3-endpoint")
-                .expect("an endpoint flag");
-            args[flag + 1] = endpoint;
-        }
+        let endpoint = options.s3_endpoint.unwrap_or_else(|| options.s3.endpoint());
+        let args = s3_args_to(options.s3, endpoint);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut env = options.s3.env();
         env.extend(options.env);
@@ -303,12 +297,16 @@ impl Cluster {
         ids.into_iter().map(|id| self.stop(id)).collect()
     }
 
-    /// `/status.json`'s `raft` object as member `id` sees it.
-    pub fn status(&self, id: u64) -> serde_json::Value {
+    /// Member `id`'s `/status.json`.
+    pub fn status_json(&self, id: u64) -> serde_json::Value {
         let (code, body) = raw_request(&self.member(id).host(), "GET", "/status.json");
         assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-        let status: serde_json::Value = serde_json::from_slice(&body).expect("status json");
-        status["raft"].clone()
+        serde_json::from_slice(&body).expect("status json")
+    }
+
+    /// `/status.json`'s `raft` object as member `id` sees it.
+    pub fn status(&self, id: u64) -> serde_json::Value {
+        self.status_json(id)["raft"].clone()
     }
 
     /// Waits until every running member in `among` names the same leader,
@@ -342,18 +340,11 @@ impl Cluster {
         let running = self.running();
         let leader = self.leader(&running, timeout);
         for id in running {
-            loop {
-                let (_, body) = raw_request(&self.member(id).host(), "GET", "/status.json");
-                let status: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                if status["peers"]["owner_key"] == true {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "member {id} never learned the owner key"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            crate::wait_until(
+                deadline.saturating_duration_since(Instant::now()),
+                &format!("member {id} learns the owner key"),
+                || self.status_json(id)["peers"]["owner_key"] == true,
+            );
         }
         leader
     }

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bucket;
 mod cluster;
 mod digest;
 mod fault;
@@ -34,7 +35,9 @@ mod relay;
 mod s3;
 mod seeded;
 mod skopeo;
+mod tmpfs;
 
+pub use bucket::Bucket;
 pub use cluster::{Cluster, S3Options, manifest_digest};
 pub use digest::{sha256_bytes, sha256_file, sha256_object};
 pub use fault::{Fault, FaultProxy, Rule, Seen};
@@ -49,6 +52,7 @@ pub use relay::{Gate, TcpRelay};
 pub use s3::S3Server;
 pub use seeded::SeededRegistry;
 pub use skopeo::skopeo;
+pub use tmpfs::{Tmpfs, verify_disk_tier};
 
 /// Every file below `dir`, however deep (none when it does not exist): what
 /// a store or tier holds, seen from outside.
@@ -66,4 +70,17 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// Polls `done` every 50 ms until it holds; panics naming `what` after
+/// `timeout`.
+pub fn wait_until(timeout: std::time::Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -171,11 +171,17 @@ pub fn metric(text: &str, name: &str, label: &str) -> f64 {
 /// `--s3-*` flags for `s3`; its credentials go in the environment
 /// ([`S3Server::env`]).
 pub fn s3_args(s3: &S3Server) -> Vec<String> {
+    s3_args_to(s3, s3.endpoint())
+}
+
+/// [`s3_args`] with the members reaching the bucket at `endpoint` (e.g. a
+/// relay in front of the server).
+pub(crate) fn s3_args_to(s3: &S3Server, endpoint: String) -> Vec<String> {
     vec![
         "--s3-bucket".into(),
         s3.bucket().into(),
         "--s3-endpoint".into(),
-        s3.endpoint(),
+        endpoint,
         "--s3-force-path-style".into(),
     ]
 }

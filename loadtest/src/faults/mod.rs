@@ -8,14 +8,13 @@
 //! a fresh cluster for each.
 
 mod bucket;
-mod disk;
 mod partition;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use testkit::{Cluster, S3Options, S3Server, TcpRelay};
+use testkit::{Bucket, Cluster, S3Options, S3Server, TcpRelay, Tmpfs};
 
 use crate::k6::{self, Summary};
 use crate::report::{Report, Target};
@@ -196,8 +195,8 @@ fn one(
     // Declared after the cluster: unmounted (lazily) before it stops.
     let _tmpfs = match fault {
         Fault::DiskFull => {
-            let tmpfs = disk::Tmpfs::mount(scale.disk_mib)?;
-            cluster.start_member_in(SMALL_DISK, tmpfs.data_dir()?);
+            let tmpfs = Tmpfs::mount(scale.disk_mib)?;
+            cluster.start_member_in(SMALL_DISK, tmpfs.subdir()?);
             Some(tmpfs)
         }
         _ => None,
@@ -303,7 +302,8 @@ fn one(
     }
     let summary = running.wait()?;
     if matches!(fault, Fault::S3Down | Fault::S3Slow) {
-        recovery.objects_verified = Some(bucket::verify_bucket(&s3)? as f64);
+        // Nothing half-written may be left.
+        recovery.objects_verified = Some(Bucket::connect(&s3).assert_all_objects_verified() as f64);
     }
     if fault == Fault::DiskFull {
         let member = cluster.member(SMALL_DISK);
@@ -321,7 +321,7 @@ fn one(
             "regcache_disk_evictions_total",
             "",
         ));
-        recovery.disk_files_verified = Some(disk::verify_disk_tier(cluster.data_dir(SMALL_DISK))? as f64);
+        recovery.disk_files_verified = Some(testkit::verify_disk_tier(cluster.data_dir(SMALL_DISK))? as f64);
     }
     Ok((summary, recovery))
 }

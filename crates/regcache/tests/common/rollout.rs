@@ -11,6 +11,8 @@ use testkit::{
     BuiltImage, Fault, FaultProxy, ImageSpec, LayerCompression, OciLayout, Registry, Rule, S3Server,
 };
 
+pub use testkit::wait_until;
+
 use super::cluster::Cluster;
 use super::{metric, metrics, raw_request};
 
@@ -93,18 +95,7 @@ pub fn start_cluster(upstream: &Upstream, s3: &S3Server) -> Cluster {
 }
 
 pub fn peers_status(cluster: &Cluster, id: u64) -> serde_json::Value {
-    let (code, body) = raw_request(&cluster.member(id).host(), "GET", "/status.json");
-    assert_eq!(code, 200);
-    let status: serde_json::Value = serde_json::from_slice(&body).expect("status json");
-    status["peers"].clone()
-}
-
-pub fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cluster.status_json(id)["peers"].clone()
 }
 
 /// What one client of a storm saw.
