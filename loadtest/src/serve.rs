@@ -14,7 +14,7 @@ use crate::fetch::get_checked;
 use crate::nginx::Nginx;
 use crate::report::{Report, Target};
 use crate::seed::{MIB, Upstream};
-use crate::setup::{log_filter, peak_rss_mib};
+use crate::setup::{log_env, peak_rss_mib};
 use crate::wrk::{curl, wrk};
 
 /// regcache keeps blobs up to `memory_object_max` (1 MiB by default) in
@@ -89,7 +89,7 @@ pub fn run(scale: &Scale) -> anyhow::Result<Report> {
     let nginx = Nginx::start(REPO, &files)?;
     let proxy = Registry::start_proxy(&upstream.url())?;
     let dir = tempfile::tempdir()?;
-    let cache = Regcache::start_url_env(&upstream.url(), dir.path(), &[], &[log_filter()]);
+    let cache = Regcache::start_url_env(&upstream.url(), dir.path(), &[], &log_env());
 
     eprintln!("loadtest: warming up and checking every body");
     let accept = format!("Accept: {ACCEPT_ALL}");
@@ -219,7 +219,7 @@ fn blob_from_s3(upstream: &Upstream, big: &Blob, runs: u32) -> anyhow::Result<(f
     let args = testkit::s3_args(&s3);
     let start = |upstream_url: &str| {
         let mut env = s3.env();
-        env.push(log_filter());
+        env.extend(log_env());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Regcache::start_url_env(upstream_url, dir.path(), &args, &env)
     };

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use testkit::{Cluster, Regcache, Registry, S3Options, S3Server};
 
-/// The log filter of the regcache servers: `warn` under load, as the anchors
-/// run with their access logs off (a line per request would measure the
-/// logger), but the binary's own `info` lines, since the harness reads the
-/// bound address from one. `LOADTEST_RUST_LOG` sets another, e.g. `info` to
-/// see every request's tier and duration in the logs `--keep` leaves.
-pub fn log_filter() -> (&'static str, String) {
-    let filter = std::env::var("LOADTEST_RUST_LOG").unwrap_or_else(|_| "warn,regcache=info".to_owned());
-    ("RUST_LOG", filter)
+/// The regcache servers' log filter: the one users get (no `RUST_LOG`),
+/// unless `LOADTEST_RUST_LOG` sets another, e.g.
+/// `info,regcache::access=debug` to see every request's tier and duration
+/// in the logs `--keep` leaves.
+pub fn log_env() -> Vec<(&'static str, String)> {
+    std::env::var("LOADTEST_RUST_LOG")
+        .map(|filter| vec![("RUST_LOG", filter)])
+        .unwrap_or_default()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,12 +58,12 @@ pub enum Setup {
 
 impl Setup {
     pub fn start(kind: Kind, upstream_url: &str) -> anyhow::Result<Setup> {
-        let quiet = [log_filter()];
+        let log = log_env();
         Ok(match kind {
             Kind::Cluster => {
                 let s3 = S3Server::start()?;
                 let options = S3Options {
-                    env: quiet.to_vec(),
+                    env: log.clone(),
                     ..S3Options::new(&s3)
                 };
                 let cluster = Cluster::start_on_s3_with(upstream_url, 3, options);
@@ -75,7 +75,7 @@ impl Setup {
             }
             Kind::Single => {
                 let dir = tempfile::tempdir()?;
-                let cache = Regcache::start_url_env(upstream_url, dir.path(), &[], &quiet);
+                let cache = Regcache::start_url_env(upstream_url, dir.path(), &[], &log);
                 Setup::Single { cache, _dir: dir }
             }
             Kind::Distribution => Setup::Distribution {

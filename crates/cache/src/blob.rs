@@ -3,11 +3,10 @@ use std::sync::Arc;
 use objstore::ObjectKind;
 use oci::{ByteRange, Digest, RepoName};
 use store::MemoryObject;
-use tokio::io::AsyncReadExt;
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
-use crate::body::{counted, file_range, kept_recent};
+use crate::body::{counted, kept_recent, mapped_range};
 use crate::disk_fill::DiskFill;
 use crate::inflight::{BytesFrom, Joined, Origin};
 use crate::object_read::{self, Check};
@@ -195,18 +194,15 @@ impl Cache {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<Option<BlobHit>, CacheError> {
-        let Some((mut file, size)) = self.disk.open_blob(digest).await? else {
+        let Some(blob) = self.disk.open_blob(digest)? else {
             return Ok(None);
         };
+        let size = blob.size();
         if self.memory.admits(size) {
-            let mut bytes = Vec::with_capacity(size as usize);
-            file.read_to_end(&mut bytes)
-                .await
-                .map_err(|source| CacheError::LocalIo {
-                    digest: digest.clone(),
-                    source,
-                })?;
-            let bytes = bytes::Bytes::from(bytes);
+            let bytes = blob.read_all().await.map_err(|source| CacheError::LocalIo {
+                digest: digest.clone(),
+                source,
+            })?;
             let object = MemoryObject {
                 bytes: bytes.clone(),
                 media_type: None,
@@ -215,11 +211,10 @@ impl Cache {
             return from_bytes(bytes, range, Tier::Disk).map(Some);
         }
         let (start, end) = span_of(range, size)?;
-        let file = Arc::new(file.into_std().await);
         Ok(Some(BlobHit {
             size,
             span: range.map(|_| (start, end)),
-            body: Body::Stream(file_range(file, start, end, None)),
+            body: Body::Stream(mapped_range(blob, start, end)),
             tier: Tier::Disk,
         }))
     }

@@ -240,7 +240,7 @@ impl Download {
     /// stream ends with an error if the download fails, so a client never
     /// mistakes unverified bytes for a complete blob.
     pub(crate) fn follow(self: Arc<Self>, start: u64, end: u64) -> BodyStream {
-        body::file_range(Arc::clone(&self.file), start, end, Some(self))
+        body::file_range(Arc::clone(&self.file), start, end, self)
     }
 
     /// Bytes from `pos` up to `limit` if they are among the newest chunks.

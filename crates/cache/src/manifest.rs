@@ -3,7 +3,6 @@ use meta::{Command, Entry, TagKey, TagRecord};
 use objstore::ObjectKind;
 use oci::{Digest, Reference, RepoName, Tag, media_types, parse_manifest};
 use store::MemoryObject;
-use tokio::io::AsyncReadExt;
 use tracing::warn;
 use upstream::FetchedManifest;
 
@@ -111,22 +110,19 @@ impl Cache {
             }));
         }
         let entry = self.meta.entry(digest)?;
-        let Some((mut file, size)) = self.disk.open_blob(digest).await? else {
+        let Some(blob) = self.disk.open_blob(digest)? else {
             return self.manifest_from_objects(digest, entry).await;
         };
-        if size > self.settings.max_manifest_bytes {
+        if blob.size() > self.settings.max_manifest_bytes {
             return Err(CacheError::ManifestInvalid(format!(
-                "stored object of {size} bytes is not a manifest"
+                "stored object of {} bytes is not a manifest",
+                blob.size()
             )));
         }
-        let mut bytes = Vec::with_capacity(size as usize);
-        file.read_to_end(&mut bytes)
-            .await
-            .map_err(|source| CacheError::LocalIo {
-                digest: digest.clone(),
-                source,
-            })?;
-        let bytes = Bytes::from(bytes);
+        let bytes = blob.read_all().await.map_err(|source| CacheError::LocalIo {
+            digest: digest.clone(),
+            source,
+        })?;
         let media_type = match entry.and_then(|e| e.media_type) {
             Some(media_type) => media_type,
             None => {

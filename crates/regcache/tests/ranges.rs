@@ -226,11 +226,15 @@ async fn concurrently(url: &str, cases: &[(reqwest::Method, String, Seen)]) {
     }
 }
 
+/// The disk tier maps blobs in windows of this size (store::MAP_WINDOW).
+const MAP_WINDOW: u64 = 2 << 20;
+
 /// The edge cases of RFC 9110 ranges against one blob.
 fn edge_cases(blob: &Blob) -> Vec<(reqwest::Method, String, Seen)> {
     use reqwest::Method;
     let size = blob.size;
-    vec![
+    let mut cases = window_edges(blob);
+    cases.extend([
         (Method::GET, "bytes=-100".into(), partial(blob, size - 100, size)),
         (
             Method::GET,
@@ -273,7 +277,24 @@ fn edge_cases(blob: &Blob) -> Vec<(reqwest::Method, String, Seen)> {
             format!("bytes={size}-"),
             head_of(unsatisfiable(blob)),
         ),
-    ]
+    ]);
+    cases
+}
+
+/// Ranges ending, starting and crossing at the disk tier's map windows,
+/// for a blob long enough to have more than one.
+fn window_edges(blob: &Blob) -> Vec<(reqwest::Method, String, Seen)> {
+    let w = MAP_WINDOW;
+    if blob.size <= 2 * w {
+        return Vec::new();
+    }
+    [(w - 5, w + 5), (w - 1, w), (w, w + 1), (w - 100, 2 * w + 100)]
+        .into_iter()
+        .map(|(start, end)| {
+            let range = format!("bytes={start}-{}", end - 1);
+            (reqwest::Method::GET, range, partial(blob, start, end))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! The HTTP edge's metric names and how each is recorded, in one place so
 //! docs and dashboards have one place to look.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use meta::{GcState, MetaStats};
@@ -16,9 +17,33 @@ const DOWNLOADS: &str = "regcache_downloads";
 
 /// One answered request, by route, method and status.
 pub(crate) fn request(route: &'static str, method: &http::Method, status: u16, elapsed: Duration) {
-    metrics::counter!(REQUESTS, "route" => route, "method" => method.to_string(), "status" => status.to_string())
+    let method = match *method {
+        http::Method::GET => Cow::Borrowed("GET"),
+        http::Method::HEAD => Cow::Borrowed("HEAD"),
+        ref other => Cow::Owned(other.to_string()),
+    };
+    metrics::counter!(REQUESTS, "route" => route, "method" => method, "status" => status_label(status))
         .increment(1);
     metrics::histogram!(REQUEST_DURATION, "route" => route).record(elapsed.as_secs_f64());
+}
+
+/// The label of a status, without an allocation for the usual ones (a
+/// label is built on every request).
+fn status_label(status: u16) -> Cow<'static, str> {
+    Cow::Borrowed(match status {
+        200 => "200",
+        206 => "206",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        404 => "404",
+        416 => "416",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        other => return Cow::Owned(other.to_string()),
+    })
 }
 
 /// The index's size, read when scraped rather than tracked on every write.

@@ -4,9 +4,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use oci::Digest;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::StoreError;
+use crate::blob_file::{self, BlobFile, Windows};
 use crate::lru::Lru;
 use crate::telemetry;
 use crate::writer::BlobWriter;
@@ -42,11 +43,14 @@ struct Inner {
     /// The capacity the filesystem actually allowed, and until when it
     /// stands in for `capacity`: set when a write found no space left.
     shrunk: Mutex<Option<(u64, Instant)>>,
+    /// Mapped windows of blobs read lately, shared by their readers.
+    windows: Windows,
 }
 
 impl DiskStore {
     /// Opens the tier, removing temp files of interrupted downloads and
-    /// ordering existing blobs by modification time (refreshed on use).
+    /// ordering existing blobs by modification time (refreshed by reads,
+    /// at most once a minute per blob).
     pub fn open(dir: &Path, capacity: u64) -> Result<DiskStore, StoreError> {
         let blobs = dir.join("blobs");
         let tmp = dir.join("tmp");
@@ -74,6 +78,7 @@ impl DiskStore {
                 writing: AtomicU64::new(0),
                 unreported: Mutex::new(Vec::new()),
                 shrunk: Mutex::new(None),
+                windows: blob_file::windows(),
             }),
         })
     }
@@ -85,20 +90,25 @@ impl DiskStore {
 
     /// Opens a stored blob for reading and marks it used. `None` when absent
     /// (or evicted between the lookup and the open).
-    pub async fn open_blob(&self, digest: &Digest) -> Result<Option<(tokio::fs::File, u64)>, StoreError> {
-        let Some(size) = self.lru().touch(digest) else {
+    pub fn open_blob(&self, digest: &Digest) -> Result<Option<BlobFile>, StoreError> {
+        let Some((size, restamp)) = self.lru().touch_read(digest, Instant::now()) else {
             return Ok(None);
         };
         let path = self.path_of(digest);
         match std::fs::File::open(&path) {
             Ok(file) => {
-                // Keep the on-disk recency roughly right for the next start.
-                let _ = file.set_modified(SystemTime::now());
-                Ok(Some((tokio::fs::File::from_std(file), size)))
+                // The order after a restart: refreshed now and then, not
+                // on every read (a metadata write per request).
+                if restamp && let Err(error) = file.set_modified(SystemTime::now()) {
+                    debug!(%digest, %error, "refreshing a blob's modification time failed");
+                }
+                Ok(Some(BlobFile::new(self.clone(), digest.clone(), file, size)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 warn!(%digest, "blob vanished from disk tier");
-                self.lru().remove(digest);
+                if let Some(size) = self.lru().remove(digest) {
+                    blob_file::forget(&self.inner.windows, digest, size);
+                }
                 Ok(None)
             }
             Err(e) => Err(StoreError::io(&path, e)),
@@ -113,7 +123,9 @@ impl DiskStore {
 
     /// Removes a blob (e.g. when the index condemns it).
     pub fn remove(&self, digest: &Digest) -> Result<(), StoreError> {
-        self.lru().remove(digest);
+        if let Some(size) = self.lru().remove(digest) {
+            blob_file::forget(&self.inner.windows, digest, size);
+        }
         let path = self.path_of(digest);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(&path, e)),
@@ -240,7 +252,8 @@ impl DiskStore {
     fn evict(&self, keep: Option<&Digest>) -> Vec<Digest> {
         let room = self.capacity().saturating_sub(self.writing());
         let evicted = self.lru().evict_to(room, keep);
-        for victim in &evicted {
+        for (victim, size) in &evicted {
+            blob_file::forget(&self.inner.windows, victim, *size);
             let victim_path = self.path_of(victim);
             if let Err(e) = std::fs::remove_file(&victim_path) {
                 warn!(digest = %victim, error = %e, "evicting blob failed");
@@ -248,7 +261,11 @@ impl DiskStore {
         }
         telemetry::evicted(evicted.len());
         telemetry::disk_bytes(self.used_bytes());
-        evicted
+        evicted.into_iter().map(|(digest, _)| digest).collect()
+    }
+
+    pub(crate) fn windows(&self) -> &Windows {
+        &self.inner.windows
     }
 
     fn path_of(&self, digest: &Digest) -> PathBuf {

@@ -3,12 +3,14 @@
 //! Content only enters the disk tier through [`BlobWriter`], which hashes
 //! while writing and commits only when the digest matches.
 
+mod blob_file;
 mod disk;
 mod lru;
 mod memory;
 mod telemetry;
 mod writer;
 
+pub use blob_file::{BlobFile, MAP_WINDOW};
 pub use disk::DiskStore;
 pub use memory::{MemoryObject, MemoryStore};
 pub use writer::{BlobWriter, Committed, Verified};

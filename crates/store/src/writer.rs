@@ -279,8 +279,9 @@ mod tests {
         let reopened = DiskStore::open(dir.path(), 25).unwrap();
         assert_eq!(reopened.size_of(&digests[0]), None);
         assert_eq!(reopened.size_of(&digests[1]), Some(10));
-        let (_, size) = reopened.open_blob(&digests[2]).await.unwrap().unwrap();
-        assert_eq!(size, 10);
+        let blob = reopened.open_blob(&digests[2]).unwrap().unwrap();
+        assert_eq!(blob.size(), 10);
+        assert_eq!(&blob.piece(0, 10).await.unwrap()[..], &[2u8; 10]);
     }
 
     /// Writes blobs of ten bytes each, filled with each of `bytes`; returns
@@ -320,7 +321,7 @@ mod tests {
         assert_eq!(smaller.used_bytes(), 40, "opening alone removes nothing");
         assert_eq!(smaller.trim(), digests[..2].to_vec(), "the oldest go first");
         assert_eq!(smaller.used_bytes(), 20);
-        assert!(smaller.open_blob(&digests[0]).await.unwrap().is_none());
+        assert!(smaller.open_blob(&digests[0]).unwrap().is_none());
         assert!(smaller.trim().is_empty(), "nothing more to do");
     }
 
@@ -365,6 +366,6 @@ mod tests {
         w.append(Bytes::from_static(b"x")).await.unwrap();
         drop(w);
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-        assert!(store.open_blob(&d).await.unwrap().is_none());
+        assert!(store.open_blob(&d).unwrap().is_none());
     }
 }

@@ -19,7 +19,7 @@ use testkit::{Bucket, Cluster, S3Options, S3Server, TcpRelay, Tmpfs};
 use crate::k6::{self, Summary};
 use crate::report::{Report, Target};
 use crate::seed::{MIB, Upstream, write_plan};
-use crate::setup::log_filter;
+use crate::setup::log_env;
 
 pub struct Scale {
     images: usize,
@@ -173,7 +173,7 @@ fn one(
     let mut s3 = S3Server::start()?;
     let s3_relay = TcpRelay::start(s3.endpoint().trim_start_matches("http://"))?;
     let options = S3Options {
-        env: vec![log_filter()],
+        env: log_env(),
         s3_endpoint: Some(format!("http://{}", s3_relay.addr())),
         relayed: fault == Fault::Partition,
         // Tags revalidate every 2 s, so one moved during the partition is
