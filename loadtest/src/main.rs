@@ -49,7 +49,12 @@ enum Command {
     Bench,
     /// One warm replica against nginx and distribution's proxy with wrk and
     /// curl: blobs from memory, disk and S3, manifests by tag, peak RSS.
-    Serve,
+    Serve {
+        /// Measure this many times, each with fresh servers, and report
+        /// each figure's median and the range of each ratio.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        runs: u32,
+    },
     /// The fleet scenario on a 3-member cluster while a follower, then the
     /// leader, is killed -9, a follower is cut off, S3 stops or slows down,
     /// and a member's disk fills.
@@ -61,13 +66,28 @@ enum Command {
     },
 }
 
+/// `serve` `runs` times; each run's table as it ends, then their medians.
+fn serve_runs(scale: &serve::Scale, runs: u32) -> anyhow::Result<report::Report> {
+    if runs == 1 {
+        return serve::run(scale);
+    }
+    let mut reports = Vec::new();
+    for run in 1..=runs {
+        eprintln!("loadtest: serve, run {run} of {runs}");
+        let report = serve::run(scale)?;
+        report.print();
+        reports.push(report);
+    }
+    Ok(report::Report::median_of(reports))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let work = tempfile::Builder::new().prefix("loadtest-").tempdir()?;
     let (report, failures) = match cli.command {
         Command::Bench => bench::run(&bench::Scale::new(cli.smoke), work.path())?,
         Command::Faults { only } => faults::run(&faults::Scale::new(cli.smoke), &only, work.path())?,
-        Command::Serve => (serve::run(&serve::Scale::new(cli.smoke))?, Vec::new()),
+        Command::Serve { runs } => (serve_runs(&serve::Scale::new(cli.smoke), runs)?, Vec::new()),
     };
     report.print();
     if let Some(path) = &cli.json {

@@ -50,10 +50,21 @@ enum Check {
     },
 }
 
+impl Check {
+    fn target(self) -> Target {
+        match self {
+            Check::Ratio { target, .. } | Check::Value { target, .. } | Check::Each { target } => target,
+        }
+    }
+}
+
 pub struct Row {
     figure: String,
     values: Vec<Option<f64>>,
     check: Option<Check>,
+    /// In a summary of several runs: the checked quantity of each run, so
+    /// the check is their median (each ratio paired within its own run).
+    per_run: Vec<f64>,
 }
 
 impl Row {
@@ -75,6 +86,11 @@ impl Row {
     /// The checked quantity, its target, and whether it is met; `None` when
     /// unchecked. A figure that could not be measured misses its target.
     fn verdict(&self) -> Option<(Option<f64>, Target, bool)> {
+        if !self.per_run.is_empty() {
+            let target = self.check?.target();
+            let value = median(&self.per_run);
+            return Some((value, target, value.is_some_and(|v| target.met(v))));
+        }
         let (value, target) = match self.check? {
             Check::Ratio { of, to, target } => {
                 let ratio = match (self.values[of], self.values[to]) {
@@ -122,8 +138,39 @@ impl Report {
             figure: figure.into(),
             values,
             check: None,
+            per_run: Vec::new(),
         });
         self.rows.last_mut().expect("just pushed")
+    }
+
+    /// Several runs of the same measurement as one table: each figure's
+    /// median, and each check's median with its range over the runs.
+    pub fn median_of(runs: Vec<Report>) -> Report {
+        let Some(first) = runs.first() else {
+            return Report::new("no runs", &[]);
+        };
+        let mut summary = Report::new(
+            format!("{}; median of {} runs", first.title, runs.len()),
+            &first.columns.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        for (index, row) in first.rows.iter().enumerate() {
+            let same: Vec<&Row> = runs.iter().filter_map(|r| r.rows.get(index)).collect();
+            debug_assert!(same.iter().all(|r| r.figure == row.figure), "runs differ in rows");
+            let values = (0..row.values.len())
+                .map(|c| median(&same.iter().filter_map(|r| r.values[c]).collect::<Vec<_>>()))
+                .collect();
+            let summarized = summary.row(row.figure.clone(), values);
+            summarized.check = row.check;
+            summarized.per_run = same.iter().filter_map(|r| r.verdict()?.0).collect();
+        }
+        for run in &runs {
+            for note in &run.notes {
+                if !summary.notes.contains(note) {
+                    summary.notes.push(note.clone());
+                }
+            }
+        }
+        summary
     }
 
     pub fn note(&mut self, note: impl Into<String>) {
@@ -146,7 +193,12 @@ impl Report {
         for column in &self.columns {
             print!(" {:>14}", column);
         }
-        println!(" {:>8} {:>8}  result", "check", "target");
+        let ranges = self.rows.iter().any(|r| r.per_run.len() > 1);
+        print!(" {:>8}", "check");
+        if ranges {
+            print!(" {:>11}", "range");
+        }
+        println!(" {:>8}  result", "target");
         for row in &self.rows {
             print!("{:<width$}", row.figure);
             for value in &row.values {
@@ -154,8 +206,13 @@ impl Report {
             }
             match row.verdict() {
                 Some((value, target, met)) => println!(
-                    " {:>8} {:>8}  {}",
+                    " {:>8}{} {:>8}  {}",
                     value.map_or("-".to_owned(), |v| format!("{v:.2}")),
+                    match row.range() {
+                        Some((low, high)) => format!(" {:>11}", format!("{low:.2}-{high:.2}")),
+                        None if ranges => format!(" {:>11}", ""),
+                        None => String::new(),
+                    },
                     target.label(),
                     match (target, met) {
                         (Target::Info, _) => "",
@@ -188,10 +245,35 @@ impl Report {
                     out["target"] = json!(target.label());
                     out["pass"] = json!(met);
                 }
+                if let Some((low, high)) = row.range() {
+                    out["runs"] = json!(row.per_run);
+                    out["range"] = json!([low, high]);
+                }
                 out
             })
             .collect();
         json!({ "title": self.title, "columns": self.columns, "rows": rows, "notes": self.notes })
+    }
+}
+
+impl Row {
+    /// The lowest and highest checked quantity over the runs of a summary.
+    fn range(&self) -> Option<(f64, f64)> {
+        let low = self.per_run.iter().copied().reduce(f64::min)?;
+        let high = self.per_run.iter().copied().reduce(f64::max)?;
+        (self.per_run.len() > 1).then_some((low, high))
+    }
+}
+
+/// The middle value (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[mid]),
+        _ => Some((sorted[mid - 1] + sorted[mid]) / 2.0),
     }
 }
 
@@ -239,6 +321,29 @@ mod tests {
         assert_eq!(json["rows"][0]["pass"], true);
         assert_eq!(json["rows"][2]["values"]["b"], Value::Null);
         assert!(json["rows"][4].get("pass").is_none());
+    }
+
+    #[test]
+    fn several_runs_give_medians_and_ranges() {
+        let run = |a: f64, b: f64| {
+            let mut report = Report::new("t", &["a", "b"]);
+            report
+                .row("fast", vec![Some(a), Some(b)])
+                .ratio(0, 1, Target::AtLeast(0.8));
+            report.note("same note");
+            report
+        };
+        // Ratios 0.5, 1.0 and 0.9: the median is the middle ratio, not the
+        // ratio of the medians (1.1 / 1.0).
+        let summary = Report::median_of(vec![run(1.0, 2.0), run(1.1, 1.1), run(0.9, 1.0)]);
+        assert_eq!(summary.rows[0].values, vec![Some(1.0), Some(1.1)]);
+        let json = summary.to_json();
+        assert_eq!(json["rows"][0]["checked"], 0.9);
+        assert_eq!(json["rows"][0]["range"], json!([0.5, 1.0]));
+        assert_eq!(json["rows"][0]["pass"], true);
+        assert_eq!(json["notes"], json!(["same note"]));
+        assert_eq!(median(&[3.0, 1.0, 2.0, 4.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
     }
 
     #[test]

@@ -139,9 +139,11 @@ pub fn run(scale: &Scale) -> anyhow::Result<Report> {
     }
     report
         .row(format!("{} MiB blob, one stream (MiB/s)", scale.big_mib), stream)
-        .ratio(0, 1, Target::AtLeast(0.8));
+        .ratio(0, 1, Target::AtLeast(0.9));
 
-    for b in [&small, &medium] {
+    // From memory regcache owes nginx nothing; from disk it copies each
+    // byte once into the socket, where sendfile copies none.
+    for (b, target) in [(&small, 1.0), (&medium, 0.8)] {
         let mut rates = Vec::new();
         let mut cpu_per_gib = Vec::new();
         for (base, pids) in &servers {
@@ -161,7 +163,7 @@ pub fn run(scale: &Scale) -> anyhow::Result<Report> {
         }
         report
             .row(format!("{} byte blob from {} (req/s)", b.size, b.tier), rates)
-            .ratio(0, 1, Target::AtLeast(0.8));
+            .ratio(0, 1, Target::AtLeast(target));
         report
             .row(format!("  CPU seconds per GiB served ({})", b.tier), cpu_per_gib)
             .ratio(0, 1, Target::Info);
