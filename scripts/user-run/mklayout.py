@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Writes (or extends) an OCI image layout with one image of two random
-gzip layers: mklayout.py DIR TAG SEED."""
+"""Writes (or extends) an OCI image layout with one image of three random
+gzip layers, one over the cache's 1 MiB memory_object_max (served from
+the disk tier, in more than one 2 MiB map window): mklayout.py DIR TAG SEED."""
 import hashlib, json, os, sys, tarfile, io, gzip
 out = sys.argv[1]; tag = sys.argv[2]; seed = int(sys.argv[3])
 os.makedirs(f"{out}/blobs/sha256", exist_ok=True)
@@ -9,7 +10,7 @@ def put(b):
     open(f"{out}/blobs/sha256/{d}", "wb").write(b)
     return d
 layers = []; diffs = []
-for i, size in enumerate([300_000 + seed, 40_000]):
+for i, size in enumerate([300_000 + seed, 40_000, 5_000_000 + seed]):
     data = os.urandom(size)
     tb = io.BytesIO()
     with tarfile.open(fileobj=tb, mode="w") as t:

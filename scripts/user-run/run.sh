@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the cache as a user would, for minutes: the embedded default (a group
 # of one, local disk) in front of a local docker-registry, pulled with
-# skopeo every 15 s, a new tag pushed every minute, readiness and the
+# skopeo every 15 s (three layers, one served from the disk tier), a new
+# tag pushed every minute, readiness and the
 # writable gauge printed on every pull, and at the end the status, the
 # proposal counters, the upstream requests and every WARN or ERROR line.
 # With MEMBERS=3, three members sharing an object directory, each round
@@ -16,7 +17,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-bin=${BIN:-$root/target/debug/regcache}
+# Absolute: the run happens in a work directory.
+bin=$(realpath "${BIN:-$root/target/debug/regcache}")
 duration=${DURATION:-240}
 members=${MEMBERS:-1}
 work=$(mktemp -d)

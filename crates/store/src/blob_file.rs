@@ -135,52 +135,82 @@ fn map_range(file: &std::fs::File, start: u64, end: u64) -> io::Result<Bytes> {
 mod tests {
     use super::*;
 
-    /// A committed blob of two and a half windows.
-    async fn committed(store: &DiskStore) -> (Digest, Vec<u8>) {
-        let body: Vec<u8> = (0..(5 * MAP_WINDOW / 2)).map(|i| (i % 251) as u8).collect();
-        let digest = Digest::sha256_of(&body);
+    /// Two and a half windows.
+    const SIZE: u64 = 5 * MAP_WINDOW / 2;
+
+    /// A tier of `capacity` bytes holding one committed blob of [`SIZE`]
+    /// bytes, opened for reading.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: DiskStore,
+        digest: Digest,
+        body: Vec<u8>,
+        blob: BlobFile,
+    }
+
+    async fn fixture(capacity: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), capacity).unwrap();
+        let body: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+        let digest = commit(&store, &body).await;
+        let blob = store.open_blob(&digest).unwrap().unwrap();
+        Fixture {
+            _dir: dir,
+            store,
+            digest,
+            body,
+            blob,
+        }
+    }
+
+    async fn commit(store: &DiskStore, body: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(body);
         let mut writer = store.writer(&digest).unwrap();
-        writer.append(Bytes::from(body.clone())).await.unwrap();
+        writer.append(Bytes::copy_from_slice(body)).await.unwrap();
         writer.commit().await.unwrap();
-        (digest, body)
+        digest
     }
 
     #[tokio::test]
     async fn serves_pieces_up_to_window_ends_and_keeps_the_windows() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DiskStore::open(dir.path(), 1 << 30).unwrap();
-        let (digest, body) = committed(&store).await;
-        let blob = store.open_blob(&digest).unwrap().unwrap();
+        let f = fixture(1 << 30).await;
         let w = MAP_WINDOW;
         // (pos, end, where the piece must end): off page boundaries, across
         // a window's end, the last short window, one byte.
         for (pos, end, until) in [
             (0, 10, 10),
-            (4095, 5 * w / 2, w),
+            (4095, SIZE, w),
             (w + 1, w + 2, w + 2),
-            (2 * w, 5 * w / 2, 5 * w / 2),
+            (2 * w, SIZE, SIZE),
         ] {
-            let piece = blob.piece(pos, end).await.unwrap();
-            assert_eq!(&piece[..], &body[pos as usize..until as usize], "{pos}..{end}");
+            let piece = f.blob.piece(pos, end).await.unwrap();
+            assert_eq!(&piece[..], &f.body[pos as usize..until as usize], "{pos}..{end}");
         }
-        assert!(store.windows().contains_key(&(digest.clone(), 1)));
-        assert_eq!(&blob.read_all().await.unwrap()[..], &body[..]);
+        assert!(f.store.windows().contains_key(&(f.digest.clone(), 1)));
+        assert_eq!(&f.blob.read_all().await.unwrap()[..], &f.body[..]);
     }
 
     #[tokio::test]
     async fn a_removed_blob_drops_its_windows_but_a_piece_outlives_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DiskStore::open(dir.path(), 1 << 30).unwrap();
-        let (digest, body) = committed(&store).await;
-        let blob = store.open_blob(&digest).unwrap().unwrap();
-        let piece = blob.piece(0, 100).await.unwrap();
-        store.remove(&digest).unwrap();
-        assert!(!store.windows().contains_key(&(digest.clone(), 0)));
-        assert_eq!(&piece[..], &body[..100], "removal only unlinks");
+        let f = fixture(1 << 30).await;
+        let piece = f.blob.piece(0, 100).await.unwrap();
+        f.store.remove(&f.digest).unwrap();
+        assert!(!f.store.windows().contains_key(&(f.digest.clone(), 0)));
+        assert_eq!(&piece[..], &f.body[..100], "removal only unlinks");
         // A reader that opened it before the removal maps a window after
         // it: served, but not kept.
-        let late = blob.piece(MAP_WINDOW, MAP_WINDOW + 1).await.unwrap();
-        assert_eq!(late[0], body[MAP_WINDOW as usize]);
-        assert!(!store.windows().contains_key(&(digest, 1)));
+        let late = f.blob.piece(MAP_WINDOW, MAP_WINDOW + 1).await.unwrap();
+        assert_eq!(late[0], f.body[MAP_WINDOW as usize]);
+        assert!(!f.store.windows().contains_key(&(f.digest, 1)));
+    }
+
+    #[tokio::test]
+    async fn an_evicted_blob_drops_its_windows() {
+        let f = fixture(SIZE + 10).await;
+        f.blob.piece(0, 1).await.unwrap();
+        assert!(f.store.windows().contains_key(&(f.digest.clone(), 0)));
+        commit(&f.store, &[7u8; 20]).await;
+        assert_eq!(f.store.size_of(&f.digest), None, "evicted to make room");
+        assert!(!f.store.windows().contains_key(&(f.digest, 0)));
     }
 }
