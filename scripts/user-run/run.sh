@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs the cache as a user would, for minutes: the embedded default (a group
 # of one, local disk) in front of a local docker-registry, pulled with
-# skopeo every 15 s (three layers, one served from the disk tier), a new
-# tag pushed every minute, readiness and the
-# writable gauge printed on every pull, and at the end the status, the
-# proposal counters, the upstream requests and every WARN or ERROR line.
+# skopeo every 15 s (three layers, one served from the disk tier), a new tag
+# pushed every minute, readiness and the writable gauge printed on every
+# pull, and at the end the status, the proposal counters, the upstream
+# requests and every WARN or ERROR line.
 # With MEMBERS=3, three members sharing an object directory, each round
 # pulling through all of them at once (a new tag is then a cold storm over
 # the cluster): at the end, upstream GETs per blob (1 each with peer
