@@ -83,6 +83,13 @@ impl Row {
         self.check = Some(Check::Each { target });
     }
 
+    /// The lowest and highest checked quantity over the runs of a summary.
+    fn range(&self) -> Option<(f64, f64)> {
+        let low = self.per_run.iter().copied().reduce(f64::min)?;
+        let high = self.per_run.iter().copied().reduce(f64::max)?;
+        (self.per_run.len() > 1).then_some((low, high))
+    }
+
     /// The checked quantity, its target, and whether it is met; `None` when
     /// unchecked. A figure that could not be measured misses its target.
     fn verdict(&self) -> Option<(Option<f64>, Target, bool)> {
@@ -253,15 +260,6 @@ impl Report {
             })
             .collect();
         json!({ "title": self.title, "columns": self.columns, "rows": rows, "notes": self.notes })
-    }
-}
-
-impl Row {
-    /// The lowest and highest checked quantity over the runs of a summary.
-    fn range(&self) -> Option<(f64, f64)> {
-        let low = self.per_run.iter().copied().reduce(f64::min)?;
-        let high = self.per_run.iter().copied().reduce(f64::max)?;
-        (self.per_run.len() > 1).then_some((low, high))
     }
 }
 

@@ -226,9 +226,6 @@ async fn concurrently(url: &str, cases: &[(reqwest::Method, String, Seen)]) {
     }
 }
 
-/// The disk tier maps blobs in windows of this size (store::MAP_WINDOW).
-const MAP_WINDOW: u64 = 2 << 20;
-
 /// The edge cases of RFC 9110 ranges against one blob.
 fn edge_cases(blob: &Blob) -> Vec<(reqwest::Method, String, Seen)> {
     use reqwest::Method;
@@ -284,7 +281,7 @@ fn edge_cases(blob: &Blob) -> Vec<(reqwest::Method, String, Seen)> {
 /// Ranges ending, starting and crossing at the disk tier's map windows,
 /// for a blob long enough to have more than one.
 fn window_edges(blob: &Blob) -> Vec<(reqwest::Method, String, Seen)> {
-    let w = MAP_WINDOW;
+    let w = store::MAP_WINDOW;
     if blob.size <= 2 * w {
         return Vec::new();
     }

@@ -106,9 +106,7 @@ impl DiskStore {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 warn!(%digest, "blob vanished from disk tier");
-                if let Some(size) = self.lru().remove(digest) {
-                    blob_file::forget(&self.inner.windows, digest, size);
-                }
+                self.forget(digest);
                 Ok(None)
             }
             Err(e) => Err(StoreError::io(&path, e)),
@@ -123,9 +121,7 @@ impl DiskStore {
 
     /// Removes a blob (e.g. when the index condemns it).
     pub fn remove(&self, digest: &Digest) -> Result<(), StoreError> {
-        if let Some(size) = self.lru().remove(digest) {
-            blob_file::forget(&self.inner.windows, digest, size);
-        }
+        self.forget(digest);
         let path = self.path_of(digest);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(&path, e)),
@@ -253,7 +249,7 @@ impl DiskStore {
         let room = self.capacity().saturating_sub(self.writing());
         let evicted = self.lru().evict_to(room, keep);
         for (victim, size) in &evicted {
-            blob_file::forget(&self.inner.windows, victim, *size);
+            blob_file::forget(self.windows(), victim, *size);
             let victim_path = self.path_of(victim);
             if let Err(e) = std::fs::remove_file(&victim_path) {
                 warn!(digest = %victim, error = %e, "evicting blob failed");
@@ -266,6 +262,14 @@ impl DiskStore {
 
     pub(crate) fn windows(&self) -> &Windows {
         &self.inner.windows
+    }
+
+    /// Drops a blob from the recency order and its mapped windows (the
+    /// caller deals with the file).
+    fn forget(&self, digest: &Digest) {
+        if let Some(size) = self.lru().remove(digest) {
+            blob_file::forget(self.windows(), digest, size);
+        }
     }
 
     fn path_of(&self, digest: &Digest) -> PathBuf {
@@ -324,4 +328,43 @@ fn scan(blobs: &Path, found: &mut Vec<(Digest, u64, SystemTime)>) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn mtime(path: &Path) -> SystemTime {
+        std::fs::metadata(path).unwrap().modified().unwrap()
+    }
+
+    /// A read sets the file's modification time only once the last one is
+    /// a minute old: no metadata write per request, yet the order after a
+    /// restart follows reads.
+    #[tokio::test]
+    async fn reads_refresh_the_modification_time_once_a_minute_not_per_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
+        let digest = Digest::sha256_of(b"blob");
+        let mut writer = store.writer(&digest).unwrap();
+        writer.append(Bytes::from_static(b"blob")).await.unwrap();
+        writer.commit().await.unwrap();
+        let path = store.path_of(&digest);
+        let long_ago = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let set = |time| std::fs::File::open(&path).unwrap().set_modified(time).unwrap();
+
+        set(long_ago);
+        store.open_blob(&digest).unwrap().unwrap();
+        assert_eq!(mtime(&path), long_ago, "written just now: not due");
+
+        store.lru().backdate_stamp(&digest, Duration::from_secs(61));
+        store.open_blob(&digest).unwrap().unwrap();
+        assert!(mtime(&path) > long_ago, "a minute on: refreshed");
+
+        set(long_ago);
+        store.open_blob(&digest).unwrap().unwrap();
+        assert_eq!(mtime(&path), long_ago, "refreshed just now: not due again");
+    }
 }

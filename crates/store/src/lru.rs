@@ -61,6 +61,14 @@ impl Lru {
         Some((size, restamp))
     }
 
+    /// Makes a blob's modification time look `by` older than it is.
+    #[cfg(test)]
+    pub(crate) fn backdate_stamp(&mut self, digest: &Digest, by: Duration) {
+        if let Some(entry) = self.entries.get_mut(digest) {
+            entry.stamped -= by;
+        }
+    }
+
     pub(crate) fn size_of(&self, digest: &Digest) -> Option<u64> {
         self.entries.get(digest).map(|e| e.size)
     }
