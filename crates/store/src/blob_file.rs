@@ -134,6 +134,7 @@ fn map_range(file: &std::fs::File, start: u64, end: u64) -> io::Result<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::commit;
 
     /// Two and a half windows.
     const SIZE: u64 = 5 * MAP_WINDOW / 2;
@@ -161,14 +162,6 @@ mod tests {
             body,
             blob,
         }
-    }
-
-    async fn commit(store: &DiskStore, body: &[u8]) -> Digest {
-        let digest = Digest::sha256_of(body);
-        let mut writer = store.writer(&digest).unwrap();
-        writer.append(Bytes::copy_from_slice(body)).await.unwrap();
-        writer.commit().await.unwrap();
-        digest
     }
 
     #[tokio::test]

@@ -332,9 +332,8 @@ fn scan(blobs: &Path, found: &mut Vec<(Digest, u64, SystemTime)>) -> Result<(), 
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
+    use crate::test_support::commit;
 
     fn mtime(path: &Path) -> SystemTime {
         std::fs::metadata(path).unwrap().modified().unwrap()
@@ -347,10 +346,7 @@ mod tests {
     async fn reads_refresh_the_modification_time_once_a_minute_not_per_read() {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
-        let digest = Digest::sha256_of(b"blob");
-        let mut writer = store.writer(&digest).unwrap();
-        writer.append(Bytes::from_static(b"blob")).await.unwrap();
-        writer.commit().await.unwrap();
+        let digest = commit(&store, b"blob").await;
         let path = store.path_of(&digest);
         let long_ago = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         let set = |time| std::fs::File::open(&path).unwrap().set_modified(time).unwrap();

@@ -40,3 +40,21 @@ impl StoreError {
         }
     }
 }
+
+/// What the unit tests of several modules need.
+#[cfg(test)]
+mod test_support {
+    use bytes::Bytes;
+    use oci::Digest;
+
+    use crate::DiskStore;
+
+    /// Writes and commits `body`; returns its digest.
+    pub(crate) async fn commit(store: &DiskStore, body: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(body);
+        let mut writer = store.writer(&digest).unwrap();
+        writer.append(Bytes::copy_from_slice(body)).await.unwrap();
+        writer.commit().await.unwrap();
+        digest
+    }
+}

@@ -289,12 +289,7 @@ mod tests {
     async fn ten_byte_blobs(store: &DiskStore, bytes: std::ops::Range<u8>) -> Vec<Digest> {
         let mut digests = Vec::new();
         for i in bytes {
-            let body = vec![i; 10];
-            let d = Digest::sha256_of(&body);
-            let mut w = store.writer(&d).unwrap();
-            w.append(Bytes::from(body)).await.unwrap();
-            w.commit().await.unwrap();
-            digests.push(d);
+            digests.push(crate::test_support::commit(store, &[i; 10]).await);
         }
         digests
     }
